@@ -1,0 +1,747 @@
+"""A fault-injecting stand-in for Togai's ingestion API, for reliability tests of the client.
+
+``FaultServer`` serves ``POST /ingest`` and ``POST /ingestBatch`` on a free port of 127.0.0.1
+from a background thread. It checks every request against ``openapi/togai-ingestion.yaml``
+(bearer token, ``application/json``, the operation's requestBody schema with date-time
+formats), follows a script of faults (one action per request, plain success after the script
+runs out) and keeps a ledger that deduplicates event ids the way Togai does::
+
+    with FaultServer(token="t0k3n", script=mixed_script(seed=7, n=300),
+                     reject_if=IdSample(one_in=97)) as srv:
+        outcome = send_everything(srv.url, token="t0k3n", events=events)  # the client under test
+
+How a reliability test checks "zero lost, zero metered twice" after the client is done:
+
+- ``srv.violations == []``: the client never sent a request the API would refuse.
+- Zero lost: every id the test sent is in ``srv.ledger`` (exactly once, as it is a dict) or was
+  reported by the client as rejected/failed; ids in ``srv.rejected_ids`` were answered as
+  rejected and must be among those the client reports.
+- Zero metered twice: the ledger meters an id once whatever happens, so the check is on the
+  client's re-sends: ``srv.deliveries[id] > 1`` only for ids in ``srv.ambiguous_ids``, the ids
+  of requests that were metered although the client could not know (reset after processing,
+  an answer slower than its timeout, a 504 after processing). Re-sending exactly those is
+  allowed and expected. ``srv.requests`` logs every request for the error message.
+
+The counters are updated under a lock; read them once the client has finished.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import hashlib
+import json
+import math
+import random
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, assert_never
+from urllib.parse import urlsplit
+
+import yaml
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
+from referencing import Registry
+from referencing.jsonschema import DRAFT4
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi" / "togai-ingestion.yaml"
+SPEC_URI = "urn:togai-ingestion"
+BODY_KEY = {"/ingest": "event", "/ingestBatch": "events"}
+MAX_BODY = 16 * 1024 * 1024
+Event = dict[str, Any]
+Headers = Sequence[tuple[str, str]]
+
+
+# --- Script actions: one is consumed per request. "Metered" means the events enter the ledger.
+
+
+@dataclass(frozen=True)
+class Ok:
+    """Meter the events: 202 ``{"errors": []}`` (``/ingest``: 202, empty body)."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Reject every ``every``-th event of the batch (1-based) and the events whose id matches
+    ``predicate``; meter the rest. 207 listing each rejected event as received (``/ingest``:
+    400 ErrorResponse). Ids already in the ledger are not rejected again: dedup wins."""
+
+    every: int = 0
+    predicate: Callable[[str], bool] | None = None
+    message: str = "Event rejected by the fault script"
+
+    def rejects(self, position: int, event_id: str) -> bool:
+        by_position = self.every > 0 and position % self.every == self.every - 1
+        return by_position or (self.predicate is not None and self.predicate(event_id))
+
+
+@dataclass(frozen=True)
+class Slow:
+    """Meter the events, wait ``seconds``, then answer like ``Ok``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ResetBefore:
+    """Read part of the body, then reset the connection (RST). Not metered."""
+
+
+@dataclass(frozen=True)
+class ResetAfter:
+    """Meter the events, then reset the connection without answering (ambiguous)."""
+
+
+@dataclass(frozen=True)
+class EmptyAccept:
+    """Meter every event: 202 with an empty body, also on ``/ingestBatch``."""
+
+
+@dataclass(frozen=True)
+class GarbageAccept:
+    """Meter every event: 202 with a body that is not JSON."""
+
+    body: bytes = b"<<accepted, probably>>"
+
+
+@dataclass(frozen=True)
+class GatewayTimeout:
+    """504 with an empty body; with ``metered=True`` the events were metered (ambiguous)."""
+
+    metered: bool = False
+
+
+def _retry_after(value: float | str | None, http_date: bool) -> Headers:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [("Retry-After", value)]
+    if http_date:
+        when = datetime.now(UTC) + timedelta(seconds=value)
+        return [("Retry-After", email.utils.format_datetime(when, usegmt=True))]
+    return [("Retry-After", str(int(value)) if float(value).is_integer() else str(value))]
+
+
+def _json(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """429 ErrorResponse, not metered. ``retry_after``: seconds (an int per HTTP; a float is
+    sent as is), a raw header value (str) or None for no header; ``http_date=True`` sends
+    now + ``retry_after`` seconds as an HTTP-date instead."""
+
+    retry_after: float | str | None = 1
+    http_date: bool = False
+    message: str = "Rate limit exceeded"
+
+    def answer(self) -> tuple[int, Headers, bytes]:
+        headers = [("Content-Type", "application/json")]
+        headers += _retry_after(self.retry_after, self.http_date)
+        return 429, headers, _json({"message": self.message})
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """503 ErrorResponse, not metered; Retry-After as in ``Throttle``, none by default."""
+
+    retry_after: float | str | None = None
+    http_date: bool = False
+    message: str = "Service temporarily unavailable"
+
+    def answer(self) -> tuple[int, Headers, bytes]:
+        headers = [("Content-Type", "application/json")]
+        headers += _retry_after(self.retry_after, self.http_date)
+        return 503, headers, _json({"message": self.message})
+
+
+@dataclass(frozen=True)
+class BadGateway:
+    """502 with an HTML body, as a proxy sends it. Not metered."""
+
+    def answer(self) -> tuple[int, Headers, bytes]:
+        body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+        return 502, [("Content-Type", "text/html")], body
+
+
+@dataclass(frozen=True)
+class Odd:
+    """An unusual status with a malformed JSON body. Not metered (so use a status >= 300)."""
+
+    status: int = 520
+    body: bytes = b'{"message": "upstream went aw'
+
+    def answer(self) -> tuple[int, Headers, bytes]:
+        return self.status, [("Content-Type", "application/json")], self.body
+
+
+@dataclass(frozen=True)
+class Error:
+    """An ErrorResponse with ``status`` (400, 401, 422, ...). Not metered.
+    ``message=None`` sends an error body without the required ``message``."""
+
+    status: int = 400
+    message: str | None = "Bad request"
+
+    def answer(self) -> tuple[int, Headers, bytes]:
+        body = {"error": "no message here"} if self.message is None else {"message": self.message}
+        return self.status, [("Content-Type", "application/json")], _json(body)
+
+
+Canned = Throttle | Unavailable | BadGateway | Odd | Error
+Action = Ok | Reject | Slow | ResetBefore | ResetAfter | EmptyAccept | GarbageAccept
+Action = Action | GatewayTimeout | Canned
+
+
+def unavailable_burst(n: int, retry_after: float | str | None = None) -> list[Action]:
+    """``n`` answers 503 in a row."""
+    return [Unavailable(retry_after=retry_after) for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class IdSample:
+    """Deterministic id predicate, true for about one id in ``one_in``; the same id always gets
+    the same answer (use as ``reject_if`` or ``Reject(predicate=...)``)."""
+
+    one_in: int
+    salt: str = ""
+
+    def __call__(self, event_id: str) -> bool:
+        digest = hashlib.sha256(f"{self.salt}:{event_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.one_in == 0
+
+
+def mixed_script(
+    seed: int,
+    n: int,
+    *,
+    fault_rate: float = 0.25,
+    retry_after: int = 0,
+    slow: float = 0.0,
+    client_errors: bool = False,
+) -> list[Action]:
+    """``n`` actions, reproducible for a seed: ``Ok`` except for about ``fault_rate`` of them,
+    drawn from the transient faults (429/503 with ``retry_after`` seconds as an int or an
+    HTTP-date, a burst of three 503, 502 HTML, 504 with and without metering, resets before
+    and after processing, 202 empty or garbage, 520 garbage), plus ``Slow(slow)`` when
+    ``slow > 0`` and 400/422 errors when ``client_errors``. Permanent per-event rejections
+    (207) come from the server's ``reject_if``, so a re-sent rejected event is rejected again.
+    """
+    rng = random.Random(seed)
+    faults: list[tuple[int, list[Action]]] = [
+        (3, [Throttle(retry_after=retry_after)]),
+        (1, [Throttle(retry_after=retry_after, http_date=True)]),
+        (2, [Unavailable(retry_after=retry_after)]),
+        (1, unavailable_burst(3, retry_after)),
+        (1, [BadGateway()]),
+        (1, [GatewayTimeout()]),
+        (1, [GatewayTimeout(metered=True)]),
+        (2, [ResetBefore()]),
+        (2, [ResetAfter()]),
+        (1, [EmptyAccept()]),
+        (1, [GarbageAccept()]),
+        (1, [Odd()]),
+    ]
+    if slow > 0:
+        faults.append((2, [Slow(slow)]))
+    if client_errors:
+        faults += [(1, [Error(400)]), (1, [Error(422, "Payload exceeds the size limit")])]
+    weights = [weight for weight, _ in faults]
+    script: list[Action] = []
+    while len(script) < n:
+        if rng.random() < fault_rate:
+            script += rng.choices([actions for _, actions in faults], weights)[0]
+        else:
+            script.append(Ok())
+    return script[:n]
+
+
+# --- Checking requests against the OpenAPI document.
+
+
+@functools.cache
+def _validator(pointer: str, spec_path: Path = SPEC_PATH) -> Any:
+    document = yaml.safe_load(spec_path.read_text())
+    registry: Registry[Any] = Registry().with_resource(SPEC_URI, DRAFT4.create_resource(document))
+    schema = {"$ref": f"{SPEC_URI}#{pointer}"}
+    return OAS30Validator(schema, registry=registry, format_checker=oas30_format_checker)
+
+
+def schema_errors(instance: object, pointer: str) -> list[str]:
+    """Violations of the schema at JSON ``pointer`` of the OpenAPI document, e.g.
+    ``/components/schemas/IngestBatchEventResponse``; one ``"$.path: message"`` each."""
+    errors = _validator(pointer).iter_errors(instance)
+    return sorted(f"{error.json_path}: {error.message}" for error in errors)
+
+
+def request_schema_pointer(path: str) -> str:
+    escaped = path.replace("~", "~0").replace("/", "~1")
+    return f"/paths/{escaped}/post/requestBody/content/application~1json/schema"
+
+
+# --- The server.
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the server saw it. ``status`` is None when no answer was sent (reset);
+    ``seen`` tells whether the client could have received the answer; ``metered`` whether
+    events of the request entered the ledger (``metered_ids``: which ones)."""
+
+    path: str
+    status: int | None
+    action: str
+    event_ids: tuple[str, ...]
+    metered: bool
+    seen: bool
+    metered_ids: tuple[str, ...] = ()
+    rejected_ids: tuple[str, ...] = ()
+    started: float = 0.0  # time.monotonic() when the request line arrived
+
+
+class RateLimited:
+    """Stands for a request refused by ``max_requests_per_second``; takes no script action."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, fault: FaultServer) -> None:
+        self.fault = fault
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is no news
+            super().handle_error(request, client_address)
+
+
+class FaultServer:
+    """See the module docstring. ``token``: the bearer token to accept. ``script``: actions,
+    one per request, then ``Ok``. ``reject_if``: ids the server always rejects (207 entry, or
+    400 on ``/ingest``) on actions that can say so. ``max_requests_per_second``: above it,
+    429 with an integer Retry-After (no script action used). ``latency``: seconds added to
+    every answer. ``client_timeout``: if given, an answer of metered events that took at least
+    this long (less 50 ms) counts as unseen, as the client may have given up."""
+
+    def __init__(
+        self,
+        token: str = "t0k3n",
+        script: Iterable[Action] = (),
+        *,
+        reject_if: Callable[[str], bool] | None = None,
+        max_requests_per_second: float | None = None,
+        latency: float = 0.0,
+        client_timeout: float | None = None,
+    ) -> None:
+        self.token = token
+        self.reject_if = reject_if
+        self.max_requests_per_second = max_requests_per_second
+        self.latency = latency
+        self.client_timeout = client_timeout
+        self.violations: list[str] = []
+        self.ledger: dict[str, Event] = {}
+        self.deliveries: Counter[str] = Counter()
+        self.rejected_ids: set[str] = set()
+        self.ambiguous_ids: set[str] = set()
+        self.requests: list[RequestRecord] = []
+        self.lock = threading.Lock()
+        self._script: Iterator[Action] = iter(script)
+        self._admitted: deque[float] = deque()
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._httpd: _HTTPServer | None = None
+        self._serving: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("FaultServer is not running")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> FaultServer:
+        _validator(request_schema_pointer("/ingest"))  # fail here, not in a handler thread
+        self._httpd = _HTTPServer(self)
+        self._serving = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._serving.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, wake sleeping actions, cut open connections; wait ``timeout`` at most."""
+        if self._httpd is None or self._serving is None:
+            return
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            self._stopping.set()
+            connections, threads = list(self._connections), list(self._threads)
+        self._httpd.shutdown()
+        for connection in connections:
+            _shutdown(connection)
+        self._httpd.server_close()
+        for thread in [self._serving, *threads]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._httpd = self._serving = None
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # Called by the handler threads.
+
+    def _register(self, connection: socket.socket, add: bool) -> bool:
+        with self.lock:
+            if add:
+                self._connections.add(connection)
+                self._threads.add(threading.current_thread())
+            else:
+                self._connections.discard(connection)
+                self._threads.discard(threading.current_thread())
+            return not self._stopping.is_set()
+
+    def _next_action(self) -> Action | RateLimited:
+        with self.lock:
+            if self.max_requests_per_second is not None:
+                now = time.monotonic()
+                while self._admitted and self._admitted[0] <= now - 1.0:
+                    self._admitted.popleft()
+                if len(self._admitted) >= self.max_requests_per_second:
+                    return RateLimited()
+                self._admitted.append(now)
+            return next(self._script, Ok())
+
+    def _retry_after_rate_limit(self) -> int:
+        with self.lock:
+            oldest = self._admitted[0] if self._admitted else time.monotonic() - 1.0
+        return max(1, math.ceil(oldest + 1.0 - time.monotonic()))
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def _meter(self, events: list[Event], skip: set[int]) -> tuple[str, ...]:
+        """Meter the events not at a position in ``skip``; call with the lock held."""
+        metered = []
+        for position, event in enumerate(events):
+            if position not in skip:
+                self.ledger.setdefault(event["id"], event)
+                self.deliveries[event["id"]] += 1
+                metered.append(event["id"])
+        return tuple(metered)
+
+    def _rejections(self, action: Action, events: list[Event]) -> dict[int, str]:
+        """Positions of the events to reject, with why; call with the lock held."""
+        rejected = {}
+        for position, event in enumerate(events):
+            if event["id"] in self.ledger:
+                continue
+            if self.reject_if is not None and self.reject_if(event["id"]):
+                rejected[position] = "Event rejected: the server always rejects this id"
+            elif isinstance(action, Reject) and action.rejects(position, event["id"]):
+                rejected[position] = action.message
+        return rejected
+
+
+def _shutdown(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.fault = self.server.fault
+        if not self.fault._register(self.connection, add=True):
+            _shutdown(self.connection)
+
+    def finish(self) -> None:
+        self.fault._register(self.connection, add=False)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        started = time.monotonic()
+        path = urlsplit(self.path).path
+        action = self._fault_action()
+        if isinstance(action, ResetBefore):
+            length = self._content_length() or 0
+            self.rfile.read(min(length // 2, 65536))
+            self._reset()
+            self._log(path, None, action, [], (), seen=False, started=started)
+            return
+        body = self._read_body()
+        violations = [] if body is None else self._check(path, body)
+        events = _events(path, body)
+        if violations or body is None or not self._authorized():
+            self._refuse(path, violations, action, events, started)
+            return
+        self._perform(path, action, events, started)
+
+    def do_GET(self) -> None:
+        self._refuse_method()
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+
+    def _fault_action(self) -> Action | RateLimited:
+        return self.fault._next_action()
+
+    def _content_length(self) -> int | None:
+        try:
+            return int(self.headers["Content-Length"])
+        except (TypeError, ValueError):
+            return None
+
+    def _read_body(self) -> bytes | None:
+        length = self._content_length()
+        if length is None or not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            return None
+        return self.rfile.read(length)
+
+    def _authorized(self) -> bool:
+        return self.headers.get("Authorization", "") == f"Bearer {self.fault.token}"
+
+    def _check(self, path: str, body: bytes) -> list[str]:
+        """Protocol violations of the request (wrong tokens are not: that is configuration)."""
+        where = f"{self.command} {self.path}"
+        if path not in BODY_KEY:
+            return [f"{where}: unknown path"]
+        found = []
+        scheme, _, credential = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            found.append(f"{where}: no 'Authorization: Bearer <token>' header")
+        media_type, _, parameters = self.headers.get("Content-Type", "").partition(";")
+        if media_type.strip().lower() != "application/json":
+            found.append(f"{where}: Content-Type is {self.headers.get('Content-Type')!r}")
+        if "charset" in parameters.lower() and "utf-8" not in parameters.lower():
+            found.append(f"{where}: Content-Type charset is not utf-8: {parameters!r}")
+        try:
+            document = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        except ValueError as error:
+            return [*found, f"{where}: body is not UTF-8 JSON: {error}"]
+        pointer = request_schema_pointer(path)
+        return found + [f"{where}: {error}" for error in schema_errors(document, pointer)]
+
+    def _refuse(
+        self,
+        path: str,
+        violations: list[str],
+        action: Action | RateLimited,
+        events: list[Event],
+        started: float,
+    ) -> None:
+        if self._content_length() is None:
+            violations = [f"{self.command} {self.path}: no valid Content-Length"]
+        with self.fault.lock:
+            self.fault.violations += violations
+        if path not in BODY_KEY:
+            status, headers = 404, [("Content-Type", "application/json")]
+        elif violations:
+            status, headers = 400, [("Content-Type", "application/json")]
+        else:
+            status = 401
+            headers = [("Content-Type", "application/json"), ("WWW-Authenticate", "Bearer")]
+        message = "; ".join(violations) or "Invalid or missing bearer token"
+        self.fault._sleep(self.fault.latency)
+        seen = self._send(status, headers, _json({"message": message[:500]}))
+        self._log(path, status, action, events, (), seen=seen, started=started)
+
+    def _refuse_method(self) -> None:
+        violation = f"{self.command} {self.path}: method not allowed"
+        with self.fault.lock:
+            self.fault.violations.append(violation)
+        body = b"" if self.command == "HEAD" else _json({"message": violation})
+        headers = [("Content-Type", "application/json"), ("Allow", "POST")]
+        self.close_connection = True
+        self._send(405, headers, body)
+        self._log(urlsplit(self.path).path, 405, Ok(), [], (), seen=True, started=time.monotonic())
+
+    def _perform(
+        self, path: str, action: Action | RateLimited, events: list[Event], started: float
+    ) -> None:
+        fault = self.fault
+        if isinstance(action, RateLimited):
+            canned = Throttle(retry_after=fault._retry_after_rate_limit()).answer()
+            fault._sleep(fault.latency)
+            seen = self._send(*canned)
+            self._log(path, 429, action, events, (), seen=seen, started=started)
+            return
+        if isinstance(action, Throttle | Unavailable | BadGateway | Odd | Error):
+            status, headers, body = action.answer()
+            fault._sleep(fault.latency)
+            seen = self._send(status, headers, body)
+            self._log(path, status, action, events, (), seen=seen, started=started)
+            return
+        if isinstance(action, GatewayTimeout) and not action.metered:
+            fault._sleep(fault.latency)
+            seen = self._send(504, [], b"")
+            self._log(path, 504, action, events, (), seen=seen, started=started)
+            return
+        self._perform_metered(path, action, events, started)
+
+    def _perform_metered(
+        self, path: str, action: Action, events: list[Event], started: float
+    ) -> None:
+        fault = self.fault
+        with fault.lock:
+            reported = isinstance(action, Ok | Reject | Slow)
+            rejections = fault._rejections(action, events)
+            skip = set(rejections) if reported or isinstance(action, ResetAfter | GatewayTimeout) else set()
+            metered_ids = fault._meter(events, skip)
+        answered_at = time.monotonic()
+        fault._sleep(fault.latency + (action.seconds if isinstance(action, Slow) else 0.0))
+        status: int | None
+        rejected = [events[position] for position in rejections] if reported else []
+        match action:
+            case Ok() | Reject() | Slow():
+                status, headers, body = _accepted(path, rejections, events)
+            case EmptyAccept():
+                status, headers, body = 202, [], b""
+            case GarbageAccept():
+                status, headers, body = 202, [("Content-Type", "application/json")], action.body
+            case GatewayTimeout():
+                status, headers, body = 504, [], b""
+            case ResetAfter():
+                status, headers, body = None, [], b""
+            case _:
+                raise AssertionError(f"not a metering action: {action!r}")
+        if status is None:
+            self._reset()
+            seen = False
+        else:
+            seen = self._send(status, headers, body)
+        late = fault.client_timeout is not None and (
+            time.monotonic() - answered_at >= fault.client_timeout - 0.05
+        )
+        seen = seen and not late
+        rejected_ids = tuple(event["id"] for event in rejected)
+        with fault.lock:
+            if seen:
+                fault.rejected_ids.update(rejected_ids)
+            if not seen or status is None or not 200 <= status < 300:
+                fault.ambiguous_ids.update(metered_ids)
+        self._log(path, status, action, events, metered_ids, seen, started, rejected_ids)
+
+    def _send(self, status: int, headers: Headers, body: bytes) -> bool:
+        """Answer; False if the client had already gone or the answer could not be written."""
+        if _peer_gone(self.connection):
+            self.close_connection = True
+            return False
+        try:
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return True
+        except OSError:
+            self.close_connection = True
+            return False
+
+    def _reset(self) -> None:
+        """Close the connection with an RST (SO_LINGER 0) instead of a FIN."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+        except OSError:
+            pass
+        self.rfile.close()  # the socket really closes once its file objects are closed
+        self.connection.close()
+
+    def _log(
+        self,
+        path: str,
+        status: int | None,
+        action: Action | RateLimited,
+        events: list[Event],
+        metered_ids: tuple[str, ...],
+        seen: bool,
+        started: float,
+        rejected_ids: tuple[str, ...] = (),
+    ) -> None:
+        record = RequestRecord(
+            path=path,
+            status=status,
+            action=type(action).__name__,
+            event_ids=tuple(str(event.get("id")) for event in events),
+            metered=bool(metered_ids),
+            seen=seen,
+            metered_ids=metered_ids,
+            rejected_ids=rejected_ids,
+            started=started,
+        )
+        with self.fault.lock:
+            self.fault.requests.append(record)
+
+
+def _accepted(
+    path: str, rejections: dict[int, str], events: list[Event]
+) -> tuple[int, Headers, bytes]:
+    json_type = [("Content-Type", "application/json")]
+    if path == "/ingest":
+        if rejections:
+            return 400, json_type, _json({"message": next(iter(rejections.values()))})
+        return 202, [], b""
+    errors = [
+        {"message": message, "eventPayload": events[position]}
+        for position, message in sorted(rejections.items())
+    ]
+    return (207 if errors else 202), json_type, _json({"errors": errors})
+
+
+def _events(path: str, body: bytes | None) -> list[Event]:
+    """The events of a request body, best effort (only dicts, as far as it parses)."""
+    try:
+        document = json.loads(body or b"")
+    except ValueError:
+        return []
+    if not isinstance(document, dict):
+        return []
+    found = document.get(BODY_KEY.get(path, ""))
+    items = found if isinstance(found, list) else [found]
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _peer_gone(connection: socket.socket) -> bool:
+    """True if the client closed or reset the connection (it sends nothing while it waits)."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
