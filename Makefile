@@ -51,13 +51,13 @@ check-generated: venv
 	echo "check-generated: $(GENERATED) matches $(SPEC)"
 
 lint: venv node
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/openapi-spec-validator $(SPEC)
 	$(SPECTRAL) lint --ruleset .spectral.yaml --fail-severity=error $(SPEC)
 
 typecheck: venv
-	$(BIN)/mypy --strict generated/$(PACKAGE) src/togai_ingest tests bench
+	$(BIN)/mypy --strict generated/$(PACKAGE) src/togai_ingest tests bench scripts
 
 pytest: venv node
 	$(BIN)/pytest
@@ -65,7 +65,7 @@ pytest: venv node
 test: check-generated lint typecheck pytest
 
 demo: venv node
-	$(BIN)/python -m togai_ingest.demo
+	$(BIN)/python scripts/demo.py
 
 bench: venv
 	$(BIN)/python -m bench.run

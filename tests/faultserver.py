@@ -27,6 +27,7 @@ The counters are updated under a lock; read them once the client has finished.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import hashlib
@@ -46,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, assert_never
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -99,24 +100,28 @@ class ResetBefore:
 
 @dataclass(frozen=True)
 class ResetAfter:
-    """Meter the events, then reset the connection without answering (ambiguous)."""
+    """Meter the events (not those ``reject_if`` rejects), then reset the connection without
+    answering (ambiguous)."""
 
 
 @dataclass(frozen=True)
 class EmptyAccept:
-    """Meter every event: 202 with an empty body, also on ``/ingestBatch``."""
+    """Meter the events: 202 with an empty body, also on ``/ingestBatch`` (answered like ``Ok``
+    when ``reject_if`` rejects some: a 202 says all were accepted)."""
 
 
 @dataclass(frozen=True)
 class GarbageAccept:
-    """Meter every event: 202 with a body that is not JSON."""
+    """Meter the events: 202 with a body that is not JSON (like ``Ok`` when ``reject_if``
+    rejects some)."""
 
     body: bytes = b"<<accepted, probably>>"
 
 
 @dataclass(frozen=True)
 class GatewayTimeout:
-    """504 with an empty body; with ``metered=True`` the events were metered (ambiguous)."""
+    """504 with an empty body; with ``metered=True`` the events were metered (ambiguous),
+    but not those ``reject_if`` rejects."""
 
     metered: bool = False
 
@@ -126,8 +131,10 @@ def _retry_after(value: float | str | None, http_date: bool) -> Headers:
         return []
     if isinstance(value, str):
         return [("Retry-After", value)]
-    if http_date:
+    if http_date:  # whole seconds only: round up, so that the client waits long enough
         when = datetime.now(UTC) + timedelta(seconds=value)
+        if value > 0 and when.microsecond:
+            when = when.replace(microsecond=0) + timedelta(seconds=1)
         return [("Retry-After", email.utils.format_datetime(when, usegmt=True))]
     return [("Retry-After", str(int(value)) if float(value).is_integer() else str(value))]
 
@@ -200,8 +207,8 @@ class Error:
 
 
 Canned = Throttle | Unavailable | BadGateway | Odd | Error
-Action = Ok | Reject | Slow | ResetBefore | ResetAfter | EmptyAccept | GarbageAccept
-Action = Action | GatewayTimeout | Canned
+Metering = Ok | Reject | Slow | ResetAfter | EmptyAccept | GarbageAccept | GatewayTimeout
+Action = Metering | ResetBefore | Canned
 
 
 def unavailable_burst(n: int, retry_after: float | str | None = None) -> list[Action]:
@@ -282,7 +289,11 @@ def schema_errors(instance: object, pointer: str) -> list[str]:
     """Violations of the schema at JSON ``pointer`` of the OpenAPI document, e.g.
     ``/components/schemas/IngestBatchEventResponse``; one ``"$.path: message"`` each."""
     errors = _validator(pointer).iter_errors(instance)
-    return sorted(f"{error.json_path}: {error.message}" for error in errors)
+    return sorted(f"{error.json_path}: {_shorten(error.message)}" for error in errors)
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def request_schema_pointer(path: str) -> str:
@@ -332,8 +343,10 @@ class FaultServer:
     one per request, then ``Ok``. ``reject_if``: ids the server always rejects (207 entry, or
     400 on ``/ingest``) on actions that can say so. ``max_requests_per_second``: above it,
     429 with an integer Retry-After (no script action used). ``latency``: seconds added to
-    every answer. ``client_timeout``: if given, an answer of metered events that took at least
-    this long (less 50 ms) counts as unseen, as the client may have given up."""
+    every answer. ``client_timeout``: if given, an answer of metered events that came at least
+    this long (less 50 ms) after the request started counts as unseen (its events ambiguous),
+    as the client may have given up; without it, only a client that has already hung up by
+    the time of the answer counts as not seeing it."""
 
     def __init__(
         self,
@@ -356,6 +369,7 @@ class FaultServer:
         self.rejected_ids: set[str] = set()
         self.ambiguous_ids: set[str] = set()
         self.requests: list[RequestRecord] = []
+        self.arrivals = 0  # requests whose request line arrived; counted before any answer
         self.lock = threading.Lock()
         self._script: Iterator[Action] = iter(script)
         self._admitted: deque[float] = deque()
@@ -373,6 +387,7 @@ class FaultServer:
 
     def start(self) -> FaultServer:
         _validator(request_schema_pointer("/ingest"))  # fail here, not in a handler thread
+        self._stopping.clear()
         self._httpd = _HTTPServer(self)
         self._serving = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -463,20 +478,22 @@ class FaultServer:
 
 
 def _shutdown(connection: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         connection.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stalls
     server: _HTTPServer
+
+    @property
+    def fault(self) -> FaultServer:
+        return self.server.fault
 
     def setup(self) -> None:
         super().setup()
-        self.fault = self.server.fault
         if not self.fault._register(self.connection, add=True):
             _shutdown(self.connection)
 
@@ -487,31 +504,48 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:
+            with self.fault.lock:
+                self.fault.arrivals += 1
+        return parsed
+
     def do_POST(self) -> None:
         started = time.monotonic()
         path = urlsplit(self.path).path
-        action = self._fault_action()
+        action = self.fault._next_action()
         if isinstance(action, ResetBefore):
-            length = self._content_length() or 0
-            self.rfile.read(min(length // 2, 65536))
+            self.rfile.read(min((self._content_length() or 0) // 2, 65536))
             self._reset()
             self._log(path, None, action, [], (), seen=False, started=started)
             return
         body = self._read_body()
-        violations = [] if body is None else self._check(path, body)
         events = _events(path, body)
-        if violations or body is None or not self._authorized():
-            self._refuse(path, violations, action, events, started)
+        status, violations = self._check(path, body)
+        if status is None:
+            self._perform(path, action, events, started)
             return
-        self._perform(path, action, events, started)
+        with self.fault.lock:
+            self.fault.violations += violations
+        headers = [("Content-Type", "application/json")]
+        if status == 401:
+            headers.append(("WWW-Authenticate", "Bearer"))
+        message = "; ".join(violations) or "Invalid bearer token"
+        self.fault._sleep(self.fault.latency)
+        seen = self._send(status, headers, _json({"message": message[:500]}))
+        self._log(path, status, action, events, (), seen=seen, started=started)
 
     def do_GET(self) -> None:
-        self._refuse_method()
+        violation = f"{self.command} {self.path}: method not allowed"
+        with self.fault.lock:
+            self.fault.violations.append(violation)
+        body = b"" if self.command == "HEAD" else _json({"message": violation})
+        self.close_connection = True
+        self._send(405, [("Content-Type", "application/json"), ("Allow", "POST")], body)
+        self._log(urlsplit(self.path).path, 405, None, [], (), True, time.monotonic())
 
     do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
-
-    def _fault_action(self) -> Action | RateLimited:
-        return self.fault._next_action()
 
     def _content_length(self) -> int | None:
         try:
@@ -526,18 +560,20 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length)
 
-    def _authorized(self) -> bool:
-        return self.headers.get("Authorization", "") == f"Bearer {self.fault.token}"
-
-    def _check(self, path: str, body: bytes) -> list[str]:
-        """Protocol violations of the request (wrong tokens are not: that is configuration)."""
+    def _check(self, path: str, body: bytes | None) -> tuple[int | None, list[str]]:
+        """The status to refuse the request with (None: go on) and the protocol violations
+        found. A well-formed bearer token that is wrong is refused but is no violation."""
         where = f"{self.command} {self.path}"
+        if body is None:
+            return 400, [f"{where}: no valid Content-Length (or a body over {MAX_BODY} bytes)"]
         if path not in BODY_KEY:
-            return [f"{where}: unknown path"]
-        found = []
+            return 404, [f"{where}: unknown path"]
         scheme, _, credential = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not credential:
-            found.append(f"{where}: no 'Authorization: Bearer <token>' header")
+            return 401, [f"{where}: no 'Authorization: Bearer <token>' header"]
+        if credential != self.fault.token:
+            return 401, []
+        found = []
         media_type, _, parameters = self.headers.get("Content-Type", "").partition(";")
         if media_type.strip().lower() != "application/json":
             found.append(f"{where}: Content-Type is {self.headers.get('Content-Type')!r}")
@@ -546,113 +582,60 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             document = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
         except ValueError as error:
-            return [*found, f"{where}: body is not UTF-8 JSON: {error}"]
-        pointer = request_schema_pointer(path)
-        return found + [f"{where}: {error}" for error in schema_errors(document, pointer)]
-
-    def _refuse(
-        self,
-        path: str,
-        violations: list[str],
-        action: Action | RateLimited,
-        events: list[Event],
-        started: float,
-    ) -> None:
-        if self._content_length() is None:
-            violations = [f"{self.command} {self.path}: no valid Content-Length"]
-        with self.fault.lock:
-            self.fault.violations += violations
-        if path not in BODY_KEY:
-            status, headers = 404, [("Content-Type", "application/json")]
-        elif violations:
-            status, headers = 400, [("Content-Type", "application/json")]
+            found.append(f"{where}: body is not UTF-8 JSON: {error}")
         else:
-            status = 401
-            headers = [("Content-Type", "application/json"), ("WWW-Authenticate", "Bearer")]
-        message = "; ".join(violations) or "Invalid or missing bearer token"
-        self.fault._sleep(self.fault.latency)
-        seen = self._send(status, headers, _json({"message": message[:500]}))
-        self._log(path, status, action, events, (), seen=seen, started=started)
-
-    def _refuse_method(self) -> None:
-        violation = f"{self.command} {self.path}: method not allowed"
-        with self.fault.lock:
-            self.fault.violations.append(violation)
-        body = b"" if self.command == "HEAD" else _json({"message": violation})
-        headers = [("Content-Type", "application/json"), ("Allow", "POST")]
-        self.close_connection = True
-        self._send(405, headers, body)
-        self._log(urlsplit(self.path).path, 405, Ok(), [], (), seen=True, started=time.monotonic())
+            errors = schema_errors(document, request_schema_pointer(path))
+            found += [f"{where}: {error}" for error in errors]
+        return (400 if found else None), found
 
     def _perform(
         self, path: str, action: Action | RateLimited, events: list[Event], started: float
     ) -> None:
-        fault = self.fault
         if isinstance(action, RateLimited):
-            canned = Throttle(retry_after=fault._retry_after_rate_limit()).answer()
-            fault._sleep(fault.latency)
-            seen = self._send(*canned)
-            self._log(path, 429, action, events, (), seen=seen, started=started)
+            answer = Throttle(retry_after=self.fault._retry_after_rate_limit()).answer()
+        elif isinstance(action, Canned):
+            answer = action.answer()
+        elif isinstance(action, GatewayTimeout) and not action.metered:
+            answer = 504, [], b""
+        elif isinstance(action, ResetBefore):
+            raise AssertionError("ResetBefore is done before the body is read")
+        else:
+            self._perform_metered(path, action, events, started)
             return
-        if isinstance(action, Throttle | Unavailable | BadGateway | Odd | Error):
-            status, headers, body = action.answer()
-            fault._sleep(fault.latency)
-            seen = self._send(status, headers, body)
-            self._log(path, status, action, events, (), seen=seen, started=started)
-            return
-        if isinstance(action, GatewayTimeout) and not action.metered:
-            fault._sleep(fault.latency)
-            seen = self._send(504, [], b"")
-            self._log(path, 504, action, events, (), seen=seen, started=started)
-            return
-        self._perform_metered(path, action, events, started)
+        self.fault._sleep(self.fault.latency)
+        seen = self._send(*answer)
+        self._log(path, answer[0], action, events, (), seen=seen, started=started)
 
     def _perform_metered(
-        self, path: str, action: Action, events: list[Event], started: float
+        self, path: str, action: Metering, events: list[Event], started: float
     ) -> None:
+        """Meter, wait (latency, Slow), answer; note what the client could not have seen."""
         fault = self.fault
         with fault.lock:
-            reported = isinstance(action, Ok | Reject | Slow)
             rejections = fault._rejections(action, events)
-            skip = set(rejections) if reported or isinstance(action, ResetAfter | GatewayTimeout) else set()
-            metered_ids = fault._meter(events, skip)
-        answered_at = time.monotonic()
+            metered_ids = fault._meter(events, skip=set(rejections))
         fault._sleep(fault.latency + (action.seconds if isinstance(action, Slow) else 0.0))
-        status: int | None
-        rejected = [events[position] for position in rejections] if reported else []
-        match action:
-            case Ok() | Reject() | Slow():
-                status, headers, body = _accepted(path, rejections, events)
-            case EmptyAccept():
-                status, headers, body = 202, [], b""
-            case GarbageAccept():
-                status, headers, body = 202, [("Content-Type", "application/json")], action.body
-            case GatewayTimeout():
-                status, headers, body = 504, [], b""
-            case ResetAfter():
-                status, headers, body = None, [], b""
-            case _:
-                raise AssertionError(f"not a metering action: {action!r}")
+        status, headers, body = _metered_answer(action, path, rejections, events)
+        reported = not isinstance(action, ResetAfter | GatewayTimeout)  # rejections were told
+        written = status is not None and self._send(status, headers, body)
         if status is None:
             self._reset()
-            seen = False
-        else:
-            seen = self._send(status, headers, body)
+        # The client's timer started after the request line came: "late" errs on the safe side.
         late = fault.client_timeout is not None and (
-            time.monotonic() - answered_at >= fault.client_timeout - 0.05
+            time.monotonic() - started >= fault.client_timeout - 0.05
         )
-        seen = seen and not late
-        rejected_ids = tuple(event["id"] for event in rejected)
+        seen = written and not late
+        rejected_ids = tuple(events[position]["id"] for position in rejections) if reported else ()
         with fault.lock:
-            if seen:
+            if written:
                 fault.rejected_ids.update(rejected_ids)
             if not seen or status is None or not 200 <= status < 300:
                 fault.ambiguous_ids.update(metered_ids)
         self._log(path, status, action, events, metered_ids, seen, started, rejected_ids)
 
     def _send(self, status: int, headers: Headers, body: bytes) -> bool:
-        """Answer; False if the client had already gone or the answer could not be written."""
-        if _peer_gone(self.connection):
+        """Answer; False if the client had gone, the server is stopping or writing failed."""
+        if self.fault._stopping.is_set() or _peer_gone(self.connection):
             self.close_connection = True
             return False
         try:
@@ -671,12 +654,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _reset(self) -> None:
         """Close the connection with an RST (SO_LINGER 0) instead of a FIN."""
         self.close_connection = True
-        try:
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.rfile.close()  # the socket really closes once its file objects are closed
         self.connection.close()
 
@@ -684,7 +663,7 @@ class _Handler(BaseHTTPRequestHandler):
         self,
         path: str,
         status: int | None,
-        action: Action | RateLimited,
+        action: Action | RateLimited | None,
         events: list[Event],
         metered_ids: tuple[str, ...],
         seen: bool,
@@ -694,7 +673,7 @@ class _Handler(BaseHTTPRequestHandler):
         record = RequestRecord(
             path=path,
             status=status,
-            action=type(action).__name__,
+            action="MethodNotAllowed" if action is None else type(action).__name__,
             event_ids=tuple(str(event.get("id")) for event in events),
             metered=bool(metered_ids),
             seen=seen,
@@ -704,6 +683,21 @@ class _Handler(BaseHTTPRequestHandler):
         )
         with self.fault.lock:
             self.fault.requests.append(record)
+
+
+def _metered_answer(
+    action: Metering, path: str, rejections: dict[int, str], events: list[Event]
+) -> tuple[int | None, Headers, bytes]:
+    """The answer to a metering action; status None: reset the connection instead."""
+    if isinstance(action, ResetAfter):
+        return None, [], b""
+    if isinstance(action, GatewayTimeout):
+        return 504, [], b""
+    if rejections or isinstance(action, Ok | Reject | Slow):  # a 202 says "all accepted"
+        return _accepted(path, rejections, events)
+    if isinstance(action, GarbageAccept):
+        return 202, [("Content-Type", "application/json")], action.body
+    return 202, [], b""
 
 
 def _accepted(

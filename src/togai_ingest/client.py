@@ -222,18 +222,23 @@ class Client(_Base):
         *,
         batch_size: int | None = None,
         on_batch: OnBatch | None = None,
+        collect: bool = True,
+        validated: bool = False,
     ) -> SendResult:
         """Send any number of events in batches; never raises for a failed batch.
 
         Invalid events are reported (``result.invalid``) and not sent; events the server
         rejects are in ``result.rejected``; events whose request failed after its retries are
-        in ``result.failed`` with the error. ``on_batch`` is called after every batch.
-        Raises ``SendAbortedError`` when the token is refused (401).
+        in ``result.failed`` with the error. ``on_batch`` is called after every batch (it
+        must not raise). ``collect=False`` keeps counts only, for callers that handle each
+        outcome in ``on_batch``; ``validated=True`` skips validation of wire dicts that
+        already went through ``to_wire``. Raises ``SendAbortedError`` when the token is
+        refused (401); events after ``result.total`` were not read from the input.
         """
         result = SendResult()
         for start, chunk in _chunks(events, self._batch_size(batch_size)):
-            outcome = self.send_prepared(prepare(chunk, start))
-            result.add(outcome)
+            outcome = self.send_prepared(prepare(chunk, start, validated))
+            result.add(outcome, collect)
             if on_batch is not None:
                 on_batch(outcome)
             fatal = next((f.error for f in outcome.failed if _fatal(f.error)), None)
@@ -315,10 +320,14 @@ class AsyncClient(_Base):
         batch_size: int | None = None,
         concurrency: int = 4,
         on_batch: OnBatch | None = None,
+        collect: bool = True,
+        validated: bool = False,
     ) -> SendResult:
         """Like ``Client.send``, with up to ``concurrency`` requests in flight.
 
         Batches may finish out of order; ``on_batch`` gets each outcome with its ``start``.
+        If the input or ``on_batch`` raises, the requests in flight are cancelled and the
+        exception propagates (in an ``ExceptionGroup``).
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -330,16 +339,19 @@ class AsyncClient(_Base):
         async def worker() -> None:
             while (batch := await queue.get()) is not None:
                 outcome = await self.send_prepared(batch)
-                result.add(outcome)
+                result.add(outcome, collect)
                 if on_batch is not None:
                     on_batch(outcome)
                 fatal.extend(f.error for f in outcome.failed if _fatal(f.error))
 
         async def produce() -> None:
-            async for start, chunk in _achunks(events, size):
-                if fatal:
+            chunks = aiter(_achunks(events, size))
+            while not fatal:  # checked before reading on: after a 401 nothing more is read
+                try:
+                    start, chunk = await anext(chunks)
+                except StopAsyncIteration:
                     break
-                await queue.put(prepare(chunk, start))
+                await queue.put(prepare(chunk, start, validated))
 
         async with asyncio.TaskGroup() as tasks:
             for _ in range(concurrency):

@@ -23,11 +23,11 @@ Messages carry the status and the server's message, never the token.
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 from typing import Any
 
 import httpx
+import orjson
 from togai_client.models import ErrorResponse
 
 __all__ = [
@@ -151,7 +151,7 @@ def _reason(status: int) -> str:
 def _server_message(body: bytes) -> str | None:
     """The ``message`` of an ``ErrorResponse`` body, if the body is one."""
     try:
-        parsed = json.loads(body)
+        parsed = orjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(parsed, dict):

@@ -6,14 +6,14 @@ Free of I/O, so the sync and async clients and the background sender share every
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httpx
+import orjson
 
 from .errors import (
     APIConnectionError,
@@ -67,8 +67,9 @@ class BearerAuth(httpx.Auth):
 
 
 def encode(payload: Any) -> bytes:
-    """JSON as httpx's ``json=`` writes it."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    """Compact UTF-8 JSON, the bytes httpx's ``json=`` writes, with orjson: several times
+    faster than the standard library's encoder, which matters at a million events."""
+    return orjson.dumps(payload)
 
 
 def transport_error(exc: httpx.TransportError, what: str) -> APIError:
@@ -109,8 +110,14 @@ class PreparedBatch:
         )
 
 
-def prepare(chunk: Sequence[EventLike], start: int) -> PreparedBatch:
-    """Validate every event of ``chunk`` (input positions from ``start``)."""
+def prepare(chunk: Sequence[EventLike], start: int, validated: bool = False) -> PreparedBatch:
+    """Validate every event of ``chunk`` (input positions from ``start``); ``validated``: the
+    events are wire dicts that already went through ``to_wire``."""
+    if validated:
+        wires = cast(list[dict[str, Any]], list(chunk))
+        return PreparedBatch(
+            start, len(wires), list(range(start, start + len(wires))), wires, wires
+        )
     batch = PreparedBatch(start, len(chunk))
     for offset, event in enumerate(chunk):
         index = start + offset
@@ -128,7 +135,7 @@ def prepare(chunk: Sequence[EventLike], start: int) -> PreparedBatch:
 def _errors_of(body: bytes) -> list[dict[str, Any]] | None:
     """The ``errors`` of an ``IngestBatchEventResponse`` body, or None if it is not one."""
     try:
-        parsed = json.loads(body)
+        parsed = orjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
     errors = parsed.get("errors") if isinstance(parsed, dict) else None

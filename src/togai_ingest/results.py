@@ -53,33 +53,41 @@ class BatchOutcome:
 
 @dataclass(slots=True)
 class SendResult:
-    """The sum of every batch's outcome. Every input event is counted in exactly one field."""
+    """The sum of every batch's outcome. Every input event is counted in exactly one of
+    ``accepted``, ``n_rejected``, ``n_failed`` and ``n_invalid``; the lists hold the events
+    themselves unless ``send(..., collect=False)``."""
 
     accepted: int = 0
+    n_rejected: int = 0
+    n_failed: int = 0
+    n_invalid: int = 0
     rejected: list[RejectedEvent] = field(default_factory=list)
     failed: list[FailedEvent] = field(default_factory=list)
     invalid: list[InvalidEvent] = field(default_factory=list)
     batches: int = 0
 
-    def add(self, outcome: BatchOutcome) -> None:
+    def add(self, outcome: BatchOutcome, collect: bool = True) -> None:
         self.accepted += outcome.accepted
-        self.rejected.extend(outcome.rejected)
-        self.failed.extend(outcome.failed)
-        self.invalid.extend(outcome.invalid)
+        self.n_rejected += len(outcome.rejected)
+        self.n_failed += len(outcome.failed)
+        self.n_invalid += len(outcome.invalid)
+        if collect:
+            self.rejected.extend(outcome.rejected)
+            self.failed.extend(outcome.failed)
+            self.invalid.extend(outcome.invalid)
         self.batches += 1
 
     @property
     def total(self) -> int:
-        known = [r for r in self.rejected if r.index >= 0]
-        return self.accepted + len(known) + len(self.failed) + len(self.invalid)
+        return self.accepted + self.n_rejected + self.n_failed + self.n_invalid
 
     @property
     def ok(self) -> bool:
         """True when every event was accepted."""
-        return not (self.rejected or self.failed or self.invalid)
+        return not (self.n_rejected or self.n_failed or self.n_invalid)
 
     def __str__(self) -> str:
         return (
-            f"accepted={self.accepted} rejected={len(self.rejected)} "
-            f"failed={len(self.failed)} invalid={len(self.invalid)}"
+            f"accepted={self.accepted} rejected={self.n_rejected} "
+            f"failed={self.n_failed} invalid={self.n_invalid}"
         )

@@ -29,16 +29,17 @@ from .spec import spec
 __all__ = ["RetryPolicy", "retry_async", "retry_sync"]
 
 log = logging.getLogger("togai_ingest")
+_FINAL_5XX = frozenset(
+    {int(HTTPStatus.NOT_IMPLEMENTED), int(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)}
+)
 T = TypeVar("T")
 
 
 def _default_retry_statuses() -> frozenset[int]:
     # The statuses for which the document declares Retry-After (429, 503), and the gateway
     # errors that proxies in front of the API answer (502, 504).
-    return spec().statuses_with_header("Retry-After") | {
-        HTTPStatus.BAD_GATEWAY,
-        HTTPStatus.GATEWAY_TIMEOUT,
-    }
+    gateway_errors = {int(HTTPStatus.BAD_GATEWAY), int(HTTPStatus.GATEWAY_TIMEOUT)}
+    return spec().statuses_with_header("Retry-After") | gateway_errors
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -64,8 +65,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class RetryPolicy:
     """Capped exponential backoff with jitter, honouring ``Retry-After``, within a time budget.
 
-    Retried: 429, 502, 503, 504, timeouts, connection errors, and a 207 whose body cannot be
-    read. Never retried: 400, 401, 422 and every other status. ``max_retries=0`` disables it.
+    Retried: ``retry_statuses`` (429 and 503, which the document gives a Retry-After, and the
+    gateway errors 502 and 504), every other 5xx but 501 and 505, timeouts, connection errors,
+    and a 207 whose body cannot be read. Never retried: 400, 401, 422 and every other 4xx.
+    ``max_retries=0`` disables retrying.
     """
 
     max_retries: int = 5
@@ -77,7 +80,9 @@ class RetryPolicy:
 
     def is_retryable(self, error: APIError) -> bool:
         if isinstance(error, APIStatusError):
-            return error.status in self.retry_statuses
+            return error.status in self.retry_statuses or (
+                error.status >= HTTPStatus.INTERNAL_SERVER_ERROR and error.status not in _FINAL_5XX
+            )
         return isinstance(error, APITimeoutError | APIConnectionError | MalformedResponseError)
 
     def delay(self, retries_done: int, error: APIError, elapsed: float) -> float | None:

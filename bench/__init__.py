@@ -1,0 +1,1 @@
+"""``make bench``: the ingestion client against a raw-httpx baseline (see ``bench.run``)."""

@@ -1,0 +1,93 @@
+"""Where a contender spends its time: pyinstrument, summed per function.
+
+``ProfilingTimer`` runs pyinstrument over a contender's measured section; ``hotspots`` gives,
+for each function, its share of that section's wall time, inclusive (the function and what it
+calls) and self (its own code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Self
+
+from pyinstrument import Profiler
+from pyinstrument.frame import Frame
+
+from .contenders import Timer
+
+__all__ = ["Hotspot", "ProfilingTimer", "render"]
+
+
+@dataclass(frozen=True)
+class Hotspot:
+    where: str
+    """``file:function``, e.g. ``togai_ingest/validation.py:to_wire``."""
+    inclusive: float
+    """Share of the wall time spent in the function and its callees (0 to 1)."""
+    self: float
+    """Share of the wall time spent in the function's own code."""
+
+
+def _where(frame: Frame) -> str:
+    path = frame.file_path_short or frame.file_path or "?"
+    if path == "<string>":
+        path = "<generated>"  # fastjsonschema compiles its validator from a string
+    return f"{path}:{frame.function}"
+
+
+class ProfilingTimer(Timer):
+    """A ``Timer`` that also runs pyinstrument over the measured section."""
+
+    def __init__(self) -> None:
+        self._profiler = Profiler(interval=0.0005, async_mode="disabled")
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        self._profiler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._profiler.stop()
+        super().__exit__(*exc)
+
+    def html(self) -> str:
+        return self._profiler.output_html()
+
+    def hotspots(self) -> list[Hotspot]:
+        """Every function, largest inclusive share first."""
+        session = self._profiler.last_session
+        root = session.root_frame() if session is not None else None
+        if root is None or root.time <= 0:
+            return []
+        inclusive: dict[str, float] = {}
+        own: dict[str, float] = {}
+
+        def walk(frame: Frame, above: frozenset[str]) -> None:
+            if frame.is_synthetic:
+                return
+            key = _where(frame)
+            if key not in above:  # a recursive call is counted once
+                inclusive[key] = inclusive.get(key, 0.0) + frame.time
+            own[key] = own.get(key, 0.0) + frame.total_self_time
+            for child in frame.children:
+                walk(child, above | {key})
+
+        walk(root, frozenset())
+        total = root.time
+        spots = [Hotspot(k, t / total, own.get(k, 0.0) / total) for k, t in inclusive.items()]
+        return sorted(spots, key=lambda s: s.inclusive, reverse=True)
+
+
+def render(spots: list[Hotspot], library: tuple[str, ...], limit: int = 10) -> str:
+    """Two markdown tables: the library's functions by inclusive share, and every function
+    by self share (where the CPU actually goes)."""
+    head = ["| function | inclusive | self |", "| --- | ---: | ---: |"]
+
+    def rows(chosen: list[Hotspot]) -> list[str]:
+        return [f"| `{s.where}` | {s.inclusive:.0%} | {s.self:.0%} |" for s in chosen[:limit]]
+
+    ours = [s for s in spots if s.where.startswith(library)]
+    by_self = sorted(spots, key=lambda s: s.self, reverse=True)
+    lines = ["Library functions, by inclusive share:", "", *head, *rows(ours), ""]
+    lines += ["Every function, by self share:", "", *head, *rows(by_self)]
+    return "\n".join(lines)

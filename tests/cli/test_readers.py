@@ -1,0 +1,351 @@
+"""``togai_ingest.readers`` and ``togai_ingest.checkpoint``, in process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli import event, write_jsonl
+from togai_ingest.checkpoint import Checkpoint, CheckpointError, Watermark
+from togai_ingest.readers import (
+    ID_NAMESPACE,
+    Input,
+    InputError,
+    Position,
+    Record,
+    event_id,
+    normalise_timestamp,
+    parse_zone,
+    read_records,
+)
+
+
+def records(path: Path, fmt: str = "jsonl", **kwargs: Any) -> list[Record]:
+    return list(read_records([Input(str(path), "csv" if fmt == "csv" else "jsonl")], **kwargs))
+
+
+# --- JSON Lines
+
+
+def test_jsonl_valid_events_keep_their_id_and_get_a_derived_one_otherwise(tmp_path: Path) -> None:
+    with_id = event(1, id="evt-1")
+    path = write_jsonl(tmp_path / "e.jsonl", [with_id, event(2)])
+    first, second = records(path)
+    assert first.event == with_id and first.source == f"{path}:1"
+    assert second.event is not None and second.event["id"] == event_id(event(2))
+    assert {k: v for k, v in second.event.items() if k != "id"} == event(2)
+
+
+def test_jsonl_blank_lines_bom_and_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps(event(1)).encode()
+        + b"\n\n  \r\n"
+        + json.dumps(event(2)).encode()
+    )
+    found = records(path)
+    assert [r.source.rsplit(":", 1)[1] for r in found] == ["1", "4"]
+    assert all(r.event is not None for r in found)
+    assert found[-1].end == Position(0, path.stat().st_size, 4)
+
+
+def test_jsonl_lines_that_are_no_event_are_problems_with_their_text(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"eventName": "cut sho\n[1, 2]\n\xff\xfe{}\n')
+    cut, array, binary = records(path)
+    assert cut.event is None and cut.problem is not None and cut.problem.startswith("not JSON")
+    assert cut.raw == '{"eventName": "cut sho'
+    assert array.problem == "must be a JSON object, not an array"
+    assert binary.problem is not None and binary.problem.startswith("not valid UTF-8")
+
+
+def test_jsonl_schema_problems_name_the_path_and_limit(tmp_path: Path) -> None:
+    long_value = event(1)
+    long_value["eventAttributes"][0]["attributeValue"] = "x" * 51
+    path = write_jsonl(
+        tmp_path / "e.jsonl", [long_value, event(2, accountId=None), event(3, userId="u1")]
+    )
+    problems = [r.problem for r in records(path)]
+    assert problems == [
+        "event.eventAttributes[0].attributeValue: longer than 50 characters",
+        "event.accountId: required property is missing",
+        "event.userId: unknown property (allowed: eventName, id, eventTimestamp, accountId, "
+        "eventAttributes, dimensions)",
+    ]
+    assert records(path)[1].raw == event(2, accountId=None)  # as read: no derived id
+
+
+def test_a_rejected_file_envelope_is_read_as_its_event(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "rejected.jsonl",
+        [
+            {"kind": "rejected", "source": "a:1", "reason": "no", "event": event(1, id="e1")},
+            {
+                "kind": "invalid",
+                "source": "a:2",
+                "reason": "not JSON",
+                "event": json.dumps(event(2)),
+            },
+            {"kind": "invalid", "source": "a:3", "reason": "not JSON", "event": "{still broken"},
+        ],
+    )
+    first, second, third = records(path)
+    assert first.event == event(1, id="e1")
+    assert second.event is not None and second.event["eventName"] == "apiCall"
+    assert third.problem is not None and third.problem.startswith("not JSON")
+    assert third.raw == "{still broken"
+
+
+# --- CSV
+
+CSV_HEADER = "eventName,id,eventTimestamp,accountId,attr.calls,unit.calls,attr.bytes,dim.region\n"
+
+
+def test_csv_header_convention_and_empty_cells(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text(
+        CSV_HEADER
+        + "apiCall,e1,2024-05-01T10:00:00Z,a1,3,Count,100,eu\n"
+        + 'apiCall,,2024-05-01T10:00:00Z,a2,,Count,"1,024",\n',
+        encoding="utf-8",
+    )
+    first, second = records(path, "csv")
+    assert first.event == {
+        "eventName": "apiCall",
+        "id": "e1",
+        "eventTimestamp": "2024-05-01T10:00:00Z",
+        "accountId": "a1",
+        "eventAttributes": [
+            {"attributeName": "calls", "attributeValue": "3", "attributeValueUnit": "Count"},
+            {"attributeName": "bytes", "attributeValue": "100"},
+        ],
+        "dimensions": {"region": "eu"},
+    }
+    assert second.event is not None
+    assert second.event["eventAttributes"] == [
+        {"attributeName": "bytes", "attributeValue": "1,024"}
+    ]
+    assert second.event["dimensions"] == {}
+    assert second.event["id"] == event_id({k: v for k, v in second.event.items() if k != "id"})
+
+
+def test_csv_rows_spanning_lines_and_bad_rows(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text(
+        CSV_HEADER
+        + 'apiCall,,2024-05-01T10:00:00Z,a1,1,,,"multi\nline"\n'
+        + "apiCall,,2024-05-01T10:00:00Z,,1,,,eu\n"
+        + "apiCall,,2024-05-01T10:00:00Z,a1,1,,,eu,extra\n",
+        encoding="utf-8",
+    )
+    multi, missing, wide = records(path, "csv")
+    assert multi.source.endswith(":2") and multi.end.line == 3
+    assert multi.event is not None and multi.event["dimensions"] == {"region": "multi\nline"}
+    assert missing.source.endswith(":4") and missing.problem == (
+        "event.accountId: required property is missing"
+    )
+    assert wide.problem == "the row has 9 cells, the header 8"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("eventName,eventTimestamp,accountId,colour", "unknown column 'colour'"),
+        ("eventName,eventTimestamp,attr.a", "no accountId column"),
+        ("eventName,eventTimestamp,accountId,unit.a", "unit.a has no attr.a column"),
+        ("eventName,eventTimestamp,accountId,dim.a,dim.a", "'dim.a' appears twice"),
+    ],
+)
+def test_csv_header_problems_stop_the_file(tmp_path: Path, header: str, message: str) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text(header + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=message):
+        records(path, "csv")
+
+
+# --- Time stamps
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-05-01T10:00:00Z", "2024-05-01T10:00:00Z"),  # RFC 3339: as it is
+        ("2024-05-01T12:00:00.123456789+02:00", "2024-05-01T12:00:00.123456789+02:00"),
+        ("2024-05-01 12:00:00+02:00", "2024-05-01T12:00:00+02:00"),
+        ("2024-05-01T10:00Z", "2024-05-01T10:00:00+00:00"),
+        ("May 1 2024 10:00 UTC", "2024-05-01T10:00:00+00:00"),
+        ("Wed, 01 May 2024 10:00:00 GMT", "2024-05-01T10:00:00+00:00"),
+        ("05/01/2024 10:00:00 -0500", "2024-05-01T10:00:00-05:00"),
+        (1714557600, "2024-05-01T10:00:00+00:00"),
+        ("1714557600000", "2024-05-01T10:00:00+00:00"),
+        (1714557600.5, "2024-05-01T10:00:00.500000+00:00"),
+    ],
+)
+def test_timestamps_are_normalised_to_iso_8601_with_an_offset(value: object, expected: str) -> None:
+    assert normalise_timestamp(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2024-05-01 10:00:00", "no UTC offset"),
+        ("2024-05-01", "no UTC offset"),
+        ("10:00", "incomplete date-time"),
+        ("2024-03-01 12:00 PST", "unknown time zone name"),
+        ("yesterday-ish", "not a date-time"),
+        (True, "must be a string"),
+        (None, "must be a string"),
+    ],
+)
+def test_unreadable_and_naive_timestamps_are_errors(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        normalise_timestamp(value)
+
+
+def test_naive_timestamps_take_the_assumed_zone() -> None:
+    berlin = parse_zone("Europe/Berlin")
+    assert normalise_timestamp("2024-05-01 10:00:00", berlin) == "2024-05-01T10:00:00+02:00"
+    assert normalise_timestamp("2024-01-01T10:00:00", berlin) == "2024-01-01T10:00:00+01:00"
+    assert normalise_timestamp("2024-05-01 10:00", parse_zone("UTC")) == "2024-05-01T10:00:00+00:00"
+    assert normalise_timestamp("2024-05-01T10:00:00+00:00", berlin) == "2024-05-01T10:00:00+00:00"
+
+
+def test_parse_zone() -> None:
+    assert parse_zone("utc") is dt.UTC
+    assert parse_zone("+05:30").utcoffset(None) == dt.timedelta(hours=5, minutes=30)
+    assert parse_zone("-0800").utcoffset(None) == dt.timedelta(hours=-8)
+    with pytest.raises(ValueError, match="unknown time zone"):
+        parse_zone("Mars/Olympus_Mons")
+
+
+# --- Ids
+
+
+PINNED = {
+    "eventName": "apiCall",
+    "eventTimestamp": "2024-05-01T12:00:00+02:00",
+    "accountId": "acct-1",
+    "eventAttributes": [{"attributeName": "requests", "attributeValue": "1"}],
+    "dimensions": {"region": "eu-west-1"},
+}
+
+
+def test_event_id_is_a_uuid5_of_the_canonical_content() -> None:
+    canonical = (
+        '{"accountId":"acct-1","dimensions":{"region":"eu-west-1"},"eventAttributes":'
+        '[{"attributeName":"requests","attributeValue":"1"}],"eventName":"apiCall",'
+        '"eventTimestamp":"2024-05-01T10:00:00+00:00"}'
+    )
+    assert event_id(PINNED) == str(uuid.uuid5(ID_NAMESPACE, canonical))
+    # Pinned: changing the namespace or the canonical form changes every id ever derived.
+    assert event_id(PINNED) == "7be6db5f-5f74-514a-a6dc-84df64cced86"
+
+
+def test_event_id_depends_on_content_not_on_spelling() -> None:
+    content = event(7)
+    reordered = dict(reversed(list(content.items())))
+    same_instant = {**content, "eventTimestamp": "2024-05-01T02:00:07+02:00"}
+    assert event_id(content) == event_id(reordered) == event_id(same_instant)
+    assert event_id(content) == event_id({**content, "id": "ignored"})
+    assert event_id(content) != event_id(event(7, accountId="other"))
+    assert event_id(content) != event_id({**content, "eventTimestamp": "2024-05-01T00:00:08Z"})
+
+
+def test_identical_records_get_the_same_id(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "e.jsonl", [event(1), event(1)])
+    first, second = records(path)
+    assert first.event is not None and second.event is not None
+    assert first.event["id"] == second.event["id"]
+
+
+# --- Positions and resuming
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_reading_from_a_records_end_yields_the_rest(tmp_path: Path, fmt: str) -> None:
+    jsonl = write_jsonl(tmp_path / "a.jsonl", [event(n) for n in range(5)])
+    csv_path = tmp_path / "b.csv"
+    csv_path.write_text(
+        CSV_HEADER + "".join(f"apiCall,,2024-05-01T10:00:0{n}Z,a,{n},,,\n" for n in range(5)),
+        encoding="utf-8",
+    )
+    path = jsonl if fmt == "jsonl" else csv_path
+    inputs = [Input(str(path), "csv" if fmt == "csv" else "jsonl"), Input(str(jsonl), "jsonl")]
+    everything = list(read_records(inputs))
+    for cut in range(len(everything)):
+        rest = list(read_records(inputs, start=everything[cut].end))
+        assert rest == everything[cut + 1 :]
+
+
+def test_watermark_moves_with_the_oldest_outstanding_batch() -> None:
+    mark = Watermark(Position(0, 0, 0))
+    ends = [Position(0, 10 * n, n) for n in range(1, 8)]
+    for n in range(6):
+        assert mark.sent(f"f:{n + 1}", ends[n], {"n": n}) == n
+    assert not mark.local(ends[6])  # an invalid record after them waits for them
+    assert not mark.done(2, 2)
+    assert mark.position == Position(0, 0, 0) and mark.outstanding == 6
+    assert mark.source(3) == "f:4"
+    mark.settle(1, 1)  # reported, but not done (e.g. refused token): the watermark waits
+    assert mark.unsettled() == [("f:1", {"n": 0}), ("f:5", {"n": 4}), ("f:6", {"n": 5})]
+    assert mark.done(0, 2)
+    assert mark.position == ends[3] and mark.outstanding == 2
+    assert mark.done(4, 2)
+    assert mark.position == ends[6] and mark.outstanding == 0
+    assert mark.local(Position(0, 80, 8)) and mark.position == Position(0, 80, 8)
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
+    store = Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")])
+    assert store.load() is None
+    store.save(Position(0, 5, 1), "/tmp/rejected.jsonl", 12)
+    resume = store.load()
+    assert resume is not None
+    assert (resume.position, resume.rejected, resume.rejected_size) == (
+        Position(0, 5, 1),
+        "/tmp/rejected.jsonl",
+        12,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "e.jsonl"]
+
+
+def test_checkpoint_refuses_other_or_changed_inputs(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
+    Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")]).save(
+        Position(0, 5, 1), None, None
+    )
+    other = write_jsonl(tmp_path / "other.jsonl", [event(1)])
+    with pytest.raises(CheckpointError, match="other or changed input"):
+        Checkpoint(tmp_path / "ck.json", [Input(str(other), "jsonl")]).load()
+    write_jsonl(path, [event(1), event(2)])
+    with pytest.raises(CheckpointError, match="other or changed input"):
+        Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")]).load()
+    with pytest.raises(CheckpointError, match="standard input"):
+        Checkpoint(tmp_path / "ck.json", [Input("-", "jsonl")])
+    (tmp_path / "ck.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")]).load()
+
+
+def test_csv_rows_with_bytes_that_are_not_utf8_are_problems(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_bytes(
+        CSV_HEADER.encode() + b"apiCall,,2024-05-01T10:00:00Z,a1,1,,,Z\xfcrich\n"
+        b"apiCall,,2024-05-01T10:00:00Z,a1,1,,,Zurich\n"
+    )
+    bad, good = records(path, "csv")
+    assert bad.problem == "not valid UTF-8" and bad.source.endswith(":2")
+    assert good.event is not None and good.event["dimensions"] == {"region": "Zurich"}
+
+
+def test_only_a_real_envelope_is_unwrapped(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "e.jsonl", [{"event": event(1), "kind": ["rejected"]}])
+    (record,) = records(path)
+    assert record.problem == "event.eventName: required property is missing"
