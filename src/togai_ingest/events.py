@@ -39,11 +39,13 @@ def new_event(
                 attribute_value_unit=UNSET if unit is None else unit,
             )
         )
+    dims = EventDimensions()
+    dims.additional_properties = dict(dimensions or {})
     return Event(
         event_name=name,
         id=id or str(uuid.uuid4()),
         event_timestamp=timestamp or datetime.now(UTC),
         account_id=account_id,
         event_attributes=attrs,
-        dimensions=EventDimensions.from_dict(dict(dimensions or {})),
+        dimensions=dims,
     )

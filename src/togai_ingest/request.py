@@ -161,6 +161,9 @@ def read_batch(batch: PreparedBatch, response: httpx.Response, outcome: BatchOut
         if response.content:
             log.debug("HTTP %d with an unreadable body; every event accepted", status)
         errors = []
+    if not errors:
+        outcome.accepted += len(batch.wire)
+        return
     pending: dict[str, list[int]] = {}
     for position, wire in enumerate(batch.wire):
         pending.setdefault(wire["id"], []).append(position)

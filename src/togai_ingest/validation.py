@@ -1,21 +1,20 @@
 """Validation of events against the OpenAPI document, before any byte is sent.
 
-The ``Event`` schema is taken from the document and compiled once with fastjsonschema (chosen
-because it compiles a schema to plain Python: a few microseconds an event, see ``make bench``).
-Errors name the event, the path inside it and the limit the document sets, e.g.
+The ``Event`` schema is taken from the document and compiled once with jsonschema-rs, a Rust
+validator (about 0.5 µs for a valid event, eight times faster than fastjsonschema here; see
+``make bench``), whose errors carry the path and the limit. They become messages that name the
+event, the path inside it and the limit the document sets, e.g.
 ``events[3].eventAttributes[1].attributeValue: longer than 50 characters``.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime
 import functools
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import fastjsonschema
+import jsonschema_rs
 from togai_client.models import Event
 
 from .errors import ValidationError
@@ -33,30 +32,12 @@ _TYPE_NAMES = {
     "integer": "an integer",
     "number": "a number",
 }
-
-
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
-
-
-def _is_offset_datetime(value: object) -> bool:
-    """``format: date-time`` is RFC 3339: a date, a time and a UTC offset in hh:mm."""
-    if not isinstance(value, str):
-        return True  # the type rule reports it
-    if not _RFC3339.fullmatch(value):
-        return False
-    try:
-        datetime.datetime.fromisoformat(value)  # month 13, hour 25, ...
-    except ValueError:
-        return False
-    return True
+_Kind = jsonschema_rs.ValidationErrorKind
 
 
 def _json_schema(node: Any, schemas: dict[str, Any]) -> Any:
-    """OpenAPI 3.0 schema object -> JSON Schema with every ``$ref`` inlined.
-
-    Inlined refs validate twice as fast in fastjsonschema as ``definitions`` lookups; the
-    document's schemas are not recursive.
-    """
+    """OpenAPI 3.0 schema object -> JSON Schema with every ``$ref`` inlined (the document's
+    schemas are not recursive)."""
     if isinstance(node, dict):
         ref = node.get("$ref")
         if isinstance(ref, str):
@@ -72,50 +53,60 @@ def _json_schema(node: Any, schemas: dict[str, Any]) -> Any:
 
 
 @functools.cache
-def _event_validator() -> Callable[[Any], Any]:
+def _event_validator() -> jsonschema_rs.Draft7Validator:
     schemas = copy.deepcopy(spec().schemas)
-    schema = _json_schema(schemas["Event"], schemas)
-    return fastjsonschema.compile(schema, formats={"date-time": _is_offset_datetime})
+    # format: date-time is RFC 3339: a date, a time and a UTC offset (hh:mm or Z).
+    return jsonschema_rs.Draft7Validator(
+        _json_schema(schemas["Event"], schemas), validate_formats=True
+    )
 
 
-def _explain(where: str, exc: fastjsonschema.JsonSchemaValueException) -> ValidationError:
-    # exc.name is e.g. "data.eventAttributes[1].attributeValue"
-    at = where + (exc.name or "data").removeprefix("data")
-    rule, limit, value = exc.rule, exc.rule_definition, exc.value
-    if rule == "maxLength":
-        return ValidationError(at, f"longer than {limit} characters", limit)
-    if rule == "maxItems":
-        return ValidationError(at, f"more than {limit} items", limit)
-    if rule == "minItems":
-        return ValidationError(at, f"fewer than {limit} items", limit)
-    if rule == "required" and isinstance(value, Mapping):
-        missing = next(name for name in limit if name not in value)
-        return ValidationError(f"{at}.{missing}", "required property is missing")
-    if rule == "additionalProperties" and isinstance(value, Mapping):
-        allowed = list(exc.definition.get("properties", {}))
-        extra = next(name for name in value if name not in allowed)
-        return ValidationError(
-            f"{at}.{extra}",
-            f"unknown property (allowed: {', '.join(allowed)})",
-        )
-    if rule == "type":
-        expected = _TYPE_NAMES.get(str(limit), str(limit))
-        return ValidationError(at, f"must be {expected}, not {type(value).__name__}")
-    if rule == "format":
-        return ValidationError(
-            at,
-            f"not an ISO 8601 date-time with a UTC offset (got {value!r}; "
-            "e.g. 2022-06-15T07:30:35Z or 2022-06-15T09:30:35+02:00)",
-        )
-    return ValidationError(at, f"breaks the schema rule {rule}={limit!r}")
+def _at(where: str, path: list[str | int]) -> str:
+    return where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+def _explain(where: str, error: jsonschema_rs.ValidationError) -> ValidationError:
+    at = _at(where, error.instance_path)
+    value = error.instance
+    match error.kind:
+        case _Kind.MaxLength(limit):
+            return ValidationError(at, f"longer than {limit} characters", limit)
+        case _Kind.MaxItems(limit):
+            return ValidationError(at, f"more than {limit} items", limit)
+        case _Kind.MinItems(limit):
+            return ValidationError(at, f"fewer than {limit} items", limit)
+        case _Kind.Required(name):
+            return ValidationError(f"{at}.{name}", "required property is missing")
+        case _Kind.AdditionalProperties(unexpected):
+            allowed = ", ".join(_allowed(error.instance_path))
+            return ValidationError(
+                f"{at}.{unexpected[0]}", f"unknown property (allowed: {allowed})"
+            )
+        case _Kind.Type(types):
+            expected = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+            return ValidationError(at, f"must be {expected}, not {type(value).__name__}")
+        case _Kind.Format():
+            return ValidationError(
+                at,
+                f"not an ISO 8601 date-time with a UTC offset (got {value!r}; "
+                "e.g. 2022-06-15T07:30:35Z or 2022-06-15T09:30:35+02:00)",
+            )
+    return ValidationError(at, error.message)
+
+
+def _allowed(path: list[str | int]) -> list[str]:
+    """Property names the schema allows for the object at ``path`` of an event."""
+    schema: Any = _json_schema(spec().schemas["Event"], spec().schemas)
+    for part in path:
+        schema = schema["items"] if isinstance(part, int) else schema["properties"][part]
+    return list(schema.get("properties", {}))
 
 
 def validate_wire(wire: Any, where: str = "event") -> None:
     """Raise ``ValidationError`` unless ``wire`` is an ``Event`` as the document defines it."""
-    try:
-        _event_validator()(wire)
-    except fastjsonschema.JsonSchemaValueException as exc:
-        raise _explain(where, exc) from None
+    validator = _event_validator()
+    if not validator.is_valid(wire):
+        raise _explain(where, next(iter(validator.iter_errors(wire)))) from None
 
 
 def to_wire(event: EventLike, where: str = "event") -> dict[str, Any]:
