@@ -155,3 +155,17 @@ def test_single_event_errors_are_typed_too() -> None:
     ):
         client.ingest(wire_event())
     assert info.value.status == 502
+
+
+def test_every_documented_error_status_has_its_own_exception() -> None:
+    from togai_ingest.errors import _BY_STATUS
+    from togai_ingest.spec import spec
+
+    documented = {
+        int(status)
+        for item in spec().document["paths"].values()
+        for operation in item.values()
+        for status in operation["responses"]
+        if status.isdigit() and int(status) >= 400
+    }
+    assert documented == set(_BY_STATUS), "a documented status has no exception class"
