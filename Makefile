@@ -25,7 +25,8 @@ help:
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' \
+		2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 
 venv: $(VENV)/.installed

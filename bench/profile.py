@@ -31,7 +31,7 @@ class Hotspot:
 def _where(frame: Frame) -> str:
     path = frame.file_path_short or frame.file_path or "?"
     if path == "<string>":
-        path = "<generated>"  # fastjsonschema compiles its validator from a string
+        path = "<generated>"  # code compiled from a string at run time
     return f"{path}:{frame.function}"
 
 

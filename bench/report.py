@@ -290,7 +290,7 @@ class Report:
             "",
             "One send of 30,000 events under pyinstrument (0.5 ms sampling). "
             "Share of the send's wall time per function (inclusive: with its callees). "
-            "`<generated>` is the validator fastjsonschema compiles from the document.",
+            "`<generated>` is code compiled from a string at run time.",
             "",
         ]
         for table in self.profiles.values():

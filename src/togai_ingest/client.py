@@ -129,6 +129,15 @@ class _Base:
             raise ValueError(f"batch_size must be 1 to {self.max_batch_size} (the API's maxItems)")
         return size
 
+    def _one_batch(self, events: Iterable[EventLike]) -> tuple[PreparedBatch, BatchOutcome]:
+        """``ingest_batch``'s batch: the size and every event checked before sending."""
+        chunk = list(events)
+        self._check_size(chunk)
+        batch = prepare(chunk, 0)
+        if batch.invalid:
+            raise batch.invalid[0].error
+        return batch, batch.outcome()
+
     def _check_size(self, events: list[Any]) -> None:
         if len(events) > self.max_batch_size:
             raise ValidationError(
@@ -179,6 +188,11 @@ class Client(_Base):
     (requests per second); ``None`` disables it.
     """
 
+    def _generated_client(self) -> togai_client.Client:
+        api = super()._generated_client()
+        api.get_httpx_client()  # created now, so threads sharing the client share one pool
+        return api
+
     def _http(self) -> httpx.Client:
         return self._api.get_httpx_client()
 
@@ -207,12 +221,7 @@ class Client(_Base):
         Returns the outcome (accepted count, rejected events); raises ``ValidationError``
         before sending, or the ``APIError`` of a request that failed after its retries.
         """
-        chunk = list(events)
-        self._check_size(chunk)
-        batch = prepare(chunk, 0)
-        if batch.invalid:
-            raise batch.invalid[0].error
-        outcome = batch.outcome()
+        batch, outcome = self._one_batch(events)
         self._deliver(batch, outcome, raise_errors=True)
         return outcome
 
@@ -304,12 +313,7 @@ class AsyncClient(_Base):
         await retry_async(self.retry, attempt, f"POST {self._event_path}")
 
     async def ingest_batch(self, events: Iterable[EventLike]) -> BatchOutcome:
-        chunk = list(events)
-        self._check_size(chunk)
-        batch = prepare(chunk, 0)
-        if batch.invalid:
-            raise batch.invalid[0].error
-        outcome = batch.outcome()
+        batch, outcome = self._one_batch(events)
         await self._deliver(batch, outcome, raise_errors=True)
         return outcome
 
