@@ -10,6 +10,7 @@ event, the path inside it and the limit the document sets, e.g.
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -112,13 +113,7 @@ def validate_wire(wire: Any, where: str = "event") -> None:
 def to_wire(event: EventLike, where: str = "event") -> dict[str, Any]:
     """The wire form (camelCase dict) of ``event``, validated against the document."""
     if isinstance(event, Event):
-        if event.event_timestamp.tzinfo is None:
-            raise ValidationError(
-                f"{where}.eventTimestamp",
-                "naive datetime without a UTC offset; use an aware datetime, "
-                "e.g. datetime.now(timezone.utc)",
-            )
-        wire = event.to_dict()
+        wire = _model_to_wire(event, where)
     elif isinstance(event, Mapping):
         wire = event if isinstance(event, dict) else dict(event)
     else:
@@ -127,3 +122,23 @@ def to_wire(event: EventLike, where: str = "event") -> dict[str, Any]:
         )
     validate_wire(wire, where)
     return wire
+
+
+def _model_to_wire(event: Event, where: str) -> dict[str, Any]:
+    """``Event.to_dict()``, with the mistakes attrs does not catch named (attrs models do not
+    check types: a string timestamp or a plain dict of dimensions reach ``to_dict``)."""
+    stamp = event.event_timestamp
+    if not isinstance(stamp, datetime.datetime):
+        raise ValidationError(
+            f"{where}.eventTimestamp", f"must be a datetime, not {type(stamp).__name__}"
+        )
+    if stamp.tzinfo is None:
+        raise ValidationError(
+            f"{where}.eventTimestamp",
+            "naive datetime without a UTC offset; use an aware datetime, "
+            "e.g. datetime.now(timezone.utc)",
+        )
+    try:
+        return event.to_dict()
+    except (AttributeError, TypeError) as exc:
+        raise ValidationError(where, f"the model cannot be converted to JSON: {exc}") from None

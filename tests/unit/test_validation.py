@@ -190,3 +190,18 @@ def test_typed_models_and_dicts_give_the_same_wire_form() -> None:
     model = Event.from_dict(wire_event())
     to_dict: Callable[[], dict[str, Any]] = model.to_dict
     assert to_dict()["eventTimestamp"] == "2024-03-01T12:00:00+00:00"
+
+
+def test_model_with_a_string_timestamp(client: Client, server: FaultServer) -> None:
+    event = new_event("apiCall", "acct-1", {"requests": 1})
+    event.event_timestamp = "2024-03-01T12:00:00Z"  # type: ignore[assignment]
+    message = rejected(client, server, event)
+    assert message == "event.eventTimestamp: must be a datetime, not str"
+
+
+def test_model_with_a_plain_dict_of_dimensions(client: Client, server: FaultServer) -> None:
+    event = new_event("apiCall", "acct-1", {"requests": 1})
+    event.dimensions = {"region": "eu"}  # type: ignore[assignment]
+    message = rejected(client, server, event)
+    assert message.startswith("event: the model cannot be converted to JSON:")
+    assert "to_dict" in message
