@@ -177,9 +177,17 @@ class BackgroundSender:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._close_and_log("BackgroundSender closed")
+
+    def _close_and_log(self, when: str) -> None:
+        """Close; log at ERROR what no callback was told about (nobody reads this report)."""
         report = self.close(self.exit_timeout)
-        if not report.ok:
-            log.error("BackgroundSender closed with events not delivered: %s", report)
+        untold = list(report.undelivered)
+        untold += [] if self.on_rejected else [r.event for r in report.rejected]
+        untold += [] if self.on_failed else [f.event for f in report.failed]
+        if untold or report.in_flight:
+            ids = [event_id(e) for e in untold]
+            log.error("%s with events not delivered: %s; their ids: %s", when, report, ids)
 
     def __repr__(self) -> str:
         return (
@@ -270,12 +278,8 @@ _live_senders: weakref.WeakSet[BackgroundSender] = weakref.WeakSet()
 
 def _close_at_exit() -> None:
     for sender in list(_live_senders):
-        if sender._closed:
-            continue
-        report = sender.close(sender.exit_timeout)
-        if not report.ok:
-            ids = [event_id(e) for e in report.undelivered]
-            log.error("at exit, events were not delivered: %s; undelivered ids: %s", report, ids)
+        if not sender._closed:
+            sender._close_and_log("at interpreter exit, BackgroundSender closed")
 
 
 def event_id(event: Any) -> Any:

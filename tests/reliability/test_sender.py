@@ -198,3 +198,20 @@ def test_close_reports_events_it_could_not_send() -> None:
         report = sender.close(timeout=0.5)
         assert report.in_flight == 1
         assert [e["id"] for e in report.undelivered] == ["e1", "e2", "e3", "e4"]
+
+
+def test_at_exit_what_could_not_be_delivered_is_logged_with_ids() -> None:
+    code = """
+    import logging, os
+    from tests.unit.conftest import wire_event
+    from togai_ingest import BackgroundSender, Client, RetryPolicy
+    logging.basicConfig(level=logging.WARNING)
+    client = Client(base_url=os.environ["SERVER_URL"], retry=RetryPolicy(max_retries=0))
+    sender = BackgroundSender(client, flush_interval=30.0)
+    sender.enqueue(wire_event(id="lost-at-exit-1"))
+    """
+    with FaultServer(token="the-server-wants-another-token") as srv:
+        done = run_python(code, srv.url)
+    assert done.returncode == 0, done.stderr
+    assert "ERROR" in done.stderr and "lost-at-exit-1" in done.stderr
+    assert SECRET not in done.stderr
