@@ -19,7 +19,7 @@ import httpx
 from . import backfill
 from .backfill import EXIT_OK, EXIT_SOME_NOT_ACCEPTED, EXIT_USAGE, TOKEN_ENV
 from .checkpoint import CheckpointError
-from .client import DEFAULT_TIMEOUT, AsyncClient
+from .client import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, AsyncClient
 from .errors import TogaiError
 from .readers import FORMATS, Format, Input, InputError, format_of, parse_zone, read_records
 from .retry import RetryPolicy
@@ -167,7 +167,7 @@ class _LogToStderr(logging.Handler):
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
-    default=4,
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
     help="Requests in flight.",
 )

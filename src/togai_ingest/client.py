@@ -42,10 +42,12 @@ from .retry import RetryPolicy, retry_async, retry_sync
 from .spec import spec
 from .validation import EventLike, to_wire
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client", "SendAbortedError"]
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT", "AsyncClient", "Client", "SendAbortedError"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 """Connect within 5 s; read, write and pool waits within 30 s."""
+DEFAULT_CONCURRENCY = 4
+"""Requests in flight in ``AsyncClient.send``: enough to fill Togai's quota at ~80 ms a request."""
 
 _DEFAULT = object()
 _TOKEN_ENV = "TOGAI_API_TOKEN"
@@ -322,7 +324,7 @@ class AsyncClient(_Base):
         events: Iterable[EventLike] | AsyncIterable[EventLike],
         *,
         batch_size: int | None = None,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         on_batch: OnBatch | None = None,
         collect: bool = True,
         validated: bool = False,

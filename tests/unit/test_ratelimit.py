@@ -70,11 +70,11 @@ def count_429(rate_limit: float | None) -> tuple[int, int]:
 
 def test_limit_at_the_servers_quota_avoids_429_storms() -> None:
     """Unlimited, the client trips the server's quota again and again; limited to it, at most
-    once (the server's sliding window sees network jitter at a window's edge)."""
+    at most twice (the server's sliding window sees jitter at a window's edge)."""
     unlimited, _ = count_429(None)
     assert unlimited >= 5
     limited, metered = count_429(20)
-    assert limited <= 1 and metered == 30
+    assert limited <= 2 and metered == 30
 
 
 async def test_async_acquire_waits() -> None:
