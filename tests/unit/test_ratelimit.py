@@ -70,7 +70,7 @@ def count_429(rate_limit: float | None) -> tuple[int, int]:
 
 def test_limit_at_the_servers_quota_avoids_429_storms() -> None:
     """Unlimited, the client trips the server's quota again and again; limited to it, at most
-    at most twice (the server's sliding window sees jitter at a window's edge)."""
+    twice (the server's sliding window sees jitter at a window's edge)."""
     unlimited, _ = count_429(None)
     assert unlimited >= 5
     limited, metered = count_429(20)
