@@ -521,6 +521,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(path, None, action, [], (), seen=False, started=started)
             return
         body = self._read_body()
+        if body is not None and len(body) < (self._content_length() or 0):
+            # The client went away mid-body (killed, or its timeout): nothing to answer or
+            # meter, and no violation: the request never arrived whole.
+            self.close_connection = True
+            self._log(path, None, action, [], (), seen=False, started=started)
+            return
         events = _events(path, body)
         status, violations = self._check(path, body)
         if status is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import errno
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -476,3 +477,20 @@ def test_mixed_script_end_to_end_with_a_naive_retrying_sender(client: httpx.Clie
     assert {i for i, n in srv.deliveries.items() if n > 1} <= srv.ambiguous_ids
     assert srv.ambiguous_ids  # the script did produce ambiguous answers
     assert srv.ledger["ev-7"] == make_event(7) or "ev-7" in reported
+
+
+def test_a_body_cut_short_by_a_dying_client_is_no_violation() -> None:
+    with FaultServer(token=TOKEN) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /ingestBatch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 500\r\n\r\n".encode()
+                + b'{"events": [{"eventName": "cut'
+            )
+        deadline = time.monotonic() + 5
+        while not srv.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert srv.violations == []
+    assert srv.ledger == {}
+    assert [r.status for r in srv.requests] == [None]
