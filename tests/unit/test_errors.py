@@ -3,6 +3,8 @@ JSONDecodeError, KeyError, TypeError or ValueError from the generated code."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.conftest import SECRET
@@ -169,3 +171,39 @@ def test_every_documented_error_status_has_its_own_exception() -> None:
         if status.isdigit() and int(status) >= 400
     }
     assert documented == set(_BY_STATUS), "a documented status has no exception class"
+
+
+def test_send_stops_at_a_refused_token_and_accounts_for_every_event_read() -> None:
+    from collections.abc import Iterator
+
+    from togai_ingest import AsyncClient, SendAbortedError
+
+    read = 0
+
+    def events() -> Iterator[dict[str, object]]:
+        nonlocal read
+        for i in range(5_000):
+            read += 1
+            yield wire_event(id=f"e{i}")
+
+    with FaultServer(token="the-right-token") as srv:
+        with (
+            Client(SECRET, base_url=srv.url, rate_limit=None) as client,
+            pytest.raises(SendAbortedError) as sync_info,
+        ):
+            client.send(events())
+        assert sync_info.value.result.total == read < 5_000
+        assert isinstance(sync_info.value.cause, AuthenticationError)
+
+        read = 0
+
+        async def run_async() -> None:
+            async with AsyncClient(SECRET, base_url=srv.url, rate_limit=None) as aclient:
+                await aclient.send(events(), concurrency=4)
+
+        with pytest.raises(SendAbortedError) as async_info:
+            asyncio.run(run_async())
+        result = async_info.value.result
+        assert result.total == read < 5_000, "an event was read and neither sent nor reported"
+        assert result.n_failed == read and result.accepted == 0
+    assert srv.ledger == {}
