@@ -252,7 +252,9 @@ def send(
         client = AsyncClient(
             token,
             base_url=base_url,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, DEFAULT_TIMEOUT.connect or 5.0)),
+            timeout=httpx.Timeout(
+                timeout, connect=min(timeout, DEFAULT_TIMEOUT.connect or timeout)
+            ),
             retry=RetryPolicy(max_retries=retries),
             rate_limit=rate_limit or None,
         )

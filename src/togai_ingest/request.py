@@ -96,13 +96,12 @@ class PreparedBatch:
     def outcome(self) -> BatchOutcome:
         return BatchOutcome(self.start, self.count, invalid=list(self.invalid))
 
-    def halves(self) -> tuple[PreparedBatch, PreparedBatch]:
+    def halves(self) -> list[PreparedBatch]:
         mid = len(self.wire) // 2
-        first = PreparedBatch(self.start, 0, self.indexes[:mid], self.events[:mid], self.wire[:mid])
-        second = PreparedBatch(
-            self.start, 0, self.indexes[mid:], self.events[mid:], self.wire[mid:]
-        )
-        return first, second
+        return [
+            PreparedBatch(self.start, 0, self.indexes[part], self.events[part], self.wire[part])
+            for part in (slice(None, mid), slice(mid, None))
+        ]
 
     def fail(self, outcome: BatchOutcome, error: APIError) -> None:
         outcome.failed.extend(

@@ -186,7 +186,7 @@ class BackgroundSender:
         untold += [] if self.on_rejected else [r.event for r in report.rejected]
         untold += [] if self.on_failed else [f.event for f in report.failed]
         if untold or report.in_flight:
-            ids = [event_id(e) for e in untold]
+            ids = [_id_of(e) for e in untold]
             log.error("%s with events not delivered: %s; their ids: %s", when, report, ids)
 
     def __repr__(self) -> str:
@@ -282,7 +282,7 @@ def _close_at_exit() -> None:
             sender._close_and_log("at interpreter exit, BackgroundSender closed")
 
 
-def event_id(event: Any) -> Any:
+def _id_of(event: Any) -> Any:
     return event.get("id") if isinstance(event, dict) else getattr(event, "id", None)
 
 

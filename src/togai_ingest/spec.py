@@ -45,14 +45,6 @@ class Spec:
         return str(self.document["servers"][0]["url"])
 
     @property
-    def servers(self) -> dict[str, str]:
-        """Server description (lower-cased first word, e.g. ``sandbox``) -> URL."""
-        return {
-            str(s["description"]).split()[0].lower(): str(s["url"])
-            for s in self.document["servers"]
-        }
-
-    @property
     def requests_per_second(self) -> float:
         """Togai's request quota per operation (``info.x-togai-rate-limit``)."""
         return float(self.document["info"]["x-togai-rate-limit"]["requestsPerSecond"])

@@ -9,7 +9,6 @@ event, the path inside it and the limit the document sets, e.g.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import functools
 from collections.abc import Mapping
@@ -54,12 +53,16 @@ def _json_schema(node: Any, schemas: dict[str, Any]) -> Any:
 
 
 @functools.cache
+def _event_schema() -> dict[str, Any]:
+    """The document's ``Event`` schema as JSON Schema (a new tree: the document is untouched)."""
+    schema: dict[str, Any] = _json_schema(spec().schemas["Event"], spec().schemas)
+    return schema
+
+
+@functools.cache
 def _event_validator() -> jsonschema_rs.Draft7Validator:
-    schemas = copy.deepcopy(spec().schemas)
     # format: date-time is RFC 3339: a date, a time and a UTC offset (hh:mm or Z).
-    return jsonschema_rs.Draft7Validator(
-        _json_schema(schemas["Event"], schemas), validate_formats=True
-    )
+    return jsonschema_rs.Draft7Validator(_event_schema(), validate_formats=True)
 
 
 def _at(where: str, path: list[str | int]) -> str:
@@ -97,7 +100,7 @@ def _explain(where: str, error: jsonschema_rs.ValidationError) -> ValidationErro
 
 def _allowed(path: list[str | int]) -> list[str]:
     """Property names the schema allows for the object at ``path`` of an event."""
-    schema: Any = _json_schema(spec().schemas["Event"], spec().schemas)
+    schema: Any = _event_schema()
     for part in path:
         schema = schema["items"] if isinstance(part, int) else schema["properties"][part]
     return list(schema.get("properties", {}))
