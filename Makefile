@@ -14,13 +14,14 @@ GENERATED := generated/$(PACKAGE)
 PRISM := mock/node_modules/.bin/prism
 SPECTRAL := mock/node_modules/.bin/spectral
 
-.PHONY: help venv node generate check-generated lint typecheck pytest test demo bench clean
+.PHONY: help venv node redis-server generate check-generated lint typecheck pytest test demo bench clean
 
 help:
 	@echo "make demo             start Prism on the spec and send the sample file through togai-ingest"
 	@echo "make test             check-generated, lint, mypy --strict, pytest"
 	@echo "make generate         regenerate $(GENERATED) from $(SPEC) and $(GEN_CONFIG)"
 	@echo "make check-generated  fail (with a diff) when $(GENERATED) differs from a fresh generation"
+	@echo "make spec-diff        what changed in $(SPEC) since HEAD (SPEC_BASE=REV), additive or breaking"
 	@echo "make bench            benchmark against the raw-httpx baseline (writes bench/results.md)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -51,6 +52,13 @@ check-generated: venv
 	fi; \
 	echo "check-generated: $(GENERATED) matches $(SPEC)"
 
+# What changed in $(SPEC) since $(SPEC_BASE) (default HEAD), marked additive or breaking;
+# fails (exit 1) when a change is breaking. The rule is in scripts/spec_diff.py.
+SPEC_BASE ?= HEAD
+.PHONY: spec-diff
+spec-diff: venv
+	$(BIN)/python scripts/spec_diff.py --base $(SPEC_BASE)
+
 lint: venv node
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
@@ -60,7 +68,11 @@ lint: venv node
 typecheck: venv
 	$(BIN)/mypy --strict generated/$(PACKAGE) src/togai_ingest tests bench scripts
 
-pytest: venv node
+# The shared rate limit's tests and the fleet benchmark start a real Redis (Debian's package).
+redis-server:
+	@command -v redis-server >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
+
+pytest: venv node redis-server
 	$(BIN)/pytest
 
 test: check-generated lint typecheck pytest
@@ -68,7 +80,7 @@ test: check-generated lint typecheck pytest
 demo: venv node
 	$(BIN)/python scripts/demo.py
 
-bench: venv
+bench: venv redis-server
 	$(BIN)/python -m bench.run
 
 clean:

@@ -24,7 +24,7 @@ import httpx
 
 from togai_ingest.request import encode
 
-from . import memory, report
+from . import enqueue, fleet, memory, report
 from .contenders import BATCH, CONTENDERS, TOKEN, Timer, Workload, cpu_costs
 from .data import make_records, to_wire
 from .profile import ProfilingTimer
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quota-events", type=int, default=25_000)
     parser.add_argument("--memory-events", type=int, default=1_000_000)
     parser.add_argument("--skip-memory", action="store_true", help="no memory run")
+    parser.add_argument("--skip-fleet", action="store_true", help="no fleet run (issue 9)")
     parser.add_argument(
         "--cli-wait", type=float, default=0.0, help="seconds to wait for togai-ingest to appear"
     )
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     result.duration = time.monotonic() - started
     result.load = (load_at_start, os.getloadavg()[0])
     text = result.render()
+    print("background sender: enqueue and drain ...", flush=True)
+    text += "\n" + enqueue.run()  # bench/enqueue.py: memory and spooled enqueue, spool drain
+    if not args.skip_fleet:
+        text += "\n" + fleet.render(fleet.run_all())  # bench/fleet.py: one quota, 8 processes
     print(text)
     args.output.write_text(text, encoding="utf-8")
     print(f"written to {args.output}")

@@ -23,17 +23,17 @@ How a reliability test checks "zero lost, zero metered twice" after the client i
   allowed and expected. ``srv.requests`` logs every request for the error message.
 
 The counters are updated under a lock; read them once the client has finished.
+
+The actions (``Ok``, ``Throttle``, ``mixed_script``, ...) and the answers they give live in
+``tests/faults.py`` and are importable from here too; this module is the HTTP side: the server,
+the request checks against the document (``tests/openapi.py``) and the ledger.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import functools
-import hashlib
 import json
 import math
-import random
 import select
 import socket
 import struct
@@ -41,254 +41,78 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-from openapi_schema_validator import OAS30Validator, oas30_format_checker
-from referencing import Registry
-from referencing.jsonschema import DRAFT4
+from tests import openapi
+from tests.faults import (
+    Action,
+    BadGateway,
+    Canned,
+    EmptyAccept,
+    Error,
+    Event,
+    GarbageAccept,
+    GatewayTimeout,
+    Headers,
+    IdSample,
+    Metering,
+    Odd,
+    Ok,
+    Reject,
+    ResetAfter,
+    ResetBefore,
+    Slow,
+    Throttle,
+    Unavailable,
+    json_bytes,
+    metered_answer,
+    mixed_script,
+    unavailable_burst,
+)
 
-SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi" / "togai-ingestion.yaml"
-SPEC_URI = "urn:togai-ingestion"
+__all__ = [  # the actions are re-exported: tests import everything from here
+    "Action",
+    "BadGateway",
+    "EmptyAccept",
+    "Error",
+    "FaultServer",
+    "GarbageAccept",
+    "GatewayTimeout",
+    "IdSample",
+    "Odd",
+    "Ok",
+    "RateLimited",
+    "Reject",
+    "RequestRecord",
+    "ResetAfter",
+    "ResetBefore",
+    "Slow",
+    "Throttle",
+    "Unavailable",
+    "check_request",
+    "mixed_script",
+    "request_schema_pointer",
+    "schema_errors",
+    "unavailable_burst",
+]
+
 BODY_KEY = {"/ingest": "event", "/ingestBatch": "events"}
 MAX_BODY = 16 * 1024 * 1024
-Event = dict[str, Any]
-Headers = Sequence[tuple[str, str]]
-
-
-# --- Script actions: one is consumed per request. "Metered" means the events enter the ledger.
-
-
-@dataclass(frozen=True)
-class Ok:
-    """Meter the events: 202 ``{"errors": []}`` (``/ingest``: 202, empty body)."""
-
-
-@dataclass(frozen=True)
-class Reject:
-    """Reject every ``every``-th event of the batch (1-based) and the events whose id matches
-    ``predicate``; meter the rest. 207 listing each rejected event as received (``/ingest``:
-    400 ErrorResponse). Ids already in the ledger are not rejected again: dedup wins."""
-
-    every: int = 0
-    predicate: Callable[[str], bool] | None = None
-    message: str = "Event rejected by the fault script"
-
-    def rejects(self, position: int, event_id: str) -> bool:
-        by_position = self.every > 0 and position % self.every == self.every - 1
-        return by_position or (self.predicate is not None and self.predicate(event_id))
-
-
-@dataclass(frozen=True)
-class Slow:
-    """Meter the events, wait ``seconds``, then answer like ``Ok``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ResetBefore:
-    """Read part of the body, then reset the connection (RST). Not metered."""
-
-
-@dataclass(frozen=True)
-class ResetAfter:
-    """Meter the events (not those ``reject_if`` rejects), then reset the connection without
-    answering (ambiguous)."""
-
-
-@dataclass(frozen=True)
-class EmptyAccept:
-    """Meter the events: 202 with an empty body, also on ``/ingestBatch`` (answered like ``Ok``
-    when ``reject_if`` rejects some: a 202 says all were accepted)."""
-
-
-@dataclass(frozen=True)
-class GarbageAccept:
-    """Meter the events: 202 with a body that is not JSON (like ``Ok`` when ``reject_if``
-    rejects some)."""
-
-    body: bytes = b"<<accepted, probably>>"
-
-
-@dataclass(frozen=True)
-class GatewayTimeout:
-    """504 with an empty body; with ``metered=True`` the events were metered (ambiguous),
-    but not those ``reject_if`` rejects."""
-
-    metered: bool = False
-
-
-def _retry_after(value: float | str | None, http_date: bool) -> Headers:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [("Retry-After", value)]
-    if http_date:  # whole seconds only: round up, so that the client waits long enough
-        when = datetime.now(UTC) + timedelta(seconds=value)
-        if value > 0 and when.microsecond:
-            when = when.replace(microsecond=0) + timedelta(seconds=1)
-        return [("Retry-After", email.utils.format_datetime(when, usegmt=True))]
-    return [("Retry-After", str(int(value)) if float(value).is_integer() else str(value))]
-
-
-def _json(document: object) -> bytes:
-    return json.dumps(document).encode()
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """429 ErrorResponse, not metered. ``retry_after``: seconds (an int per HTTP; a float is
-    sent as is), a raw header value (str) or None for no header; ``http_date=True`` sends
-    now + ``retry_after`` seconds as an HTTP-date instead."""
-
-    retry_after: float | str | None = 1
-    http_date: bool = False
-    message: str = "Rate limit exceeded"
-
-    def answer(self) -> tuple[int, Headers, bytes]:
-        headers = [("Content-Type", "application/json")]
-        headers += _retry_after(self.retry_after, self.http_date)
-        return 429, headers, _json({"message": self.message})
-
-
-@dataclass(frozen=True)
-class Unavailable:
-    """503 ErrorResponse, not metered; Retry-After as in ``Throttle``, none by default."""
-
-    retry_after: float | str | None = None
-    http_date: bool = False
-    message: str = "Service temporarily unavailable"
-
-    def answer(self) -> tuple[int, Headers, bytes]:
-        headers = [("Content-Type", "application/json")]
-        headers += _retry_after(self.retry_after, self.http_date)
-        return 503, headers, _json({"message": self.message})
-
-
-@dataclass(frozen=True)
-class BadGateway:
-    """502 with an HTML body, as a proxy sends it. Not metered."""
-
-    def answer(self) -> tuple[int, Headers, bytes]:
-        body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-        return 502, [("Content-Type", "text/html")], body
-
-
-@dataclass(frozen=True)
-class Odd:
-    """An unusual status with a malformed JSON body. Not metered (so use a status >= 300)."""
-
-    status: int = 520
-    body: bytes = b'{"message": "upstream went aw'
-
-    def answer(self) -> tuple[int, Headers, bytes]:
-        return self.status, [("Content-Type", "application/json")], self.body
-
-
-@dataclass(frozen=True)
-class Error:
-    """An ErrorResponse with ``status`` (400, 401, 422, ...). Not metered.
-    ``message=None`` sends an error body without the required ``message``."""
-
-    status: int = 400
-    message: str | None = "Bad request"
-
-    def answer(self) -> tuple[int, Headers, bytes]:
-        body = {"error": "no message here"} if self.message is None else {"message": self.message}
-        return self.status, [("Content-Type", "application/json")], _json(body)
-
-
-Canned = Throttle | Unavailable | BadGateway | Odd | Error
-Metering = Ok | Reject | Slow | ResetAfter | EmptyAccept | GarbageAccept | GatewayTimeout
-Action = Metering | ResetBefore | Canned
-
-
-def unavailable_burst(n: int, retry_after: float | str | None = None) -> list[Action]:
-    """``n`` answers 503 in a row."""
-    return [Unavailable(retry_after=retry_after) for _ in range(n)]
-
-
-@dataclass(frozen=True)
-class IdSample:
-    """Deterministic id predicate, true for about one id in ``one_in``; the same id always gets
-    the same answer (use as ``reject_if`` or ``Reject(predicate=...)``)."""
-
-    one_in: int
-    salt: str = ""
-
-    def __call__(self, event_id: str) -> bool:
-        digest = hashlib.sha256(f"{self.salt}:{event_id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % self.one_in == 0
-
-
-def mixed_script(
-    seed: int,
-    n: int,
-    *,
-    fault_rate: float = 0.25,
-    retry_after: int = 0,
-    slow: float = 0.0,
-    client_errors: bool = False,
-) -> list[Action]:
-    """``n`` actions, reproducible for a seed: ``Ok`` except for about ``fault_rate`` of them,
-    drawn from the transient faults (429/503 with ``retry_after`` seconds as an int or an
-    HTTP-date, a burst of three 503, 502 HTML, 504 with and without metering, resets before
-    and after processing, 202 empty or garbage, 520 garbage), plus ``Slow(slow)`` when
-    ``slow > 0`` and 400/422 errors when ``client_errors``. Permanent per-event rejections
-    (207) come from the server's ``reject_if``, so a re-sent rejected event is rejected again.
-    """
-    rng = random.Random(seed)
-    faults: list[tuple[int, list[Action]]] = [
-        (3, [Throttle(retry_after=retry_after)]),
-        (1, [Throttle(retry_after=retry_after, http_date=True)]),
-        (2, [Unavailable(retry_after=retry_after)]),
-        (1, unavailable_burst(3, retry_after)),
-        (1, [BadGateway()]),
-        (1, [GatewayTimeout()]),
-        (1, [GatewayTimeout(metered=True)]),
-        (2, [ResetBefore()]),
-        (2, [ResetAfter()]),
-        (1, [EmptyAccept()]),
-        (1, [GarbageAccept()]),
-        (1, [Odd()]),
-    ]
-    if slow > 0:
-        faults.append((2, [Slow(slow)]))
-    if client_errors:
-        faults += [(1, [Error(400)]), (1, [Error(422, "Payload exceeds the size limit")])]
-    weights = [weight for weight, _ in faults]
-    script: list[Action] = []
-    while len(script) < n:
-        if rng.random() < fault_rate:
-            script += rng.choices([actions for _, actions in faults], weights)[0]
-        else:
-            script.append(Ok())
-    return script[:n]
 
 
 # --- Checking requests against the OpenAPI document.
 
 
-@functools.cache
-def _validator(pointer: str, spec_path: Path = SPEC_PATH) -> Any:
-    document = yaml.safe_load(spec_path.read_text())
-    registry: Registry[Any] = Registry().with_resource(SPEC_URI, DRAFT4.create_resource(document))
-    schema = {"$ref": f"{SPEC_URI}#{pointer}"}
-    return OAS30Validator(schema, registry=registry, format_checker=oas30_format_checker)
-
-
 def schema_errors(instance: object, pointer: str) -> list[str]:
     """Violations of the schema at JSON ``pointer`` of the OpenAPI document, e.g.
     ``/components/schemas/IngestBatchEventResponse``; one ``"$.path: message"`` each."""
-    errors = _validator(pointer).iter_errors(instance)
+    errors = openapi.validator(pointer).iter_errors(instance)
     return sorted(f"{error.json_path}: {_shorten(error.message)}" for error in errors)
 
 
@@ -297,8 +121,39 @@ def _shorten(text: str, limit: int = 200) -> str:
 
 
 def request_schema_pointer(path: str) -> str:
-    escaped = path.replace("~", "~0").replace("/", "~1")
-    return f"/paths/{escaped}/post/requestBody/content/application~1json/schema"
+    return openapi.load().request_schema_pointer(path)
+
+
+def check_request(
+    command: str, target: str, headers: Message, body: bytes | None, token: str
+) -> tuple[int | None, list[str]]:
+    """The status to refuse a request with (None: go on) and the protocol violations found.
+    A well-formed bearer token that is not ``token`` is refused but is no violation."""
+    where = f"{command} {target}"
+    path = urlsplit(target).path
+    if body is None:
+        return 400, [f"{where}: no valid Content-Length (or a body over {MAX_BODY} bytes)"]
+    if path not in BODY_KEY:
+        return 404, [f"{where}: unknown path"]
+    scheme, _, credential = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credential:
+        return 401, [f"{where}: no 'Authorization: Bearer <token>' header"]
+    if credential != token:
+        return 401, []
+    found = []
+    media_type, _, parameters = headers.get("Content-Type", "").partition(";")
+    if media_type.strip().lower() != "application/json":
+        found.append(f"{where}: Content-Type is {headers.get('Content-Type')!r}")
+    if "charset" in parameters.lower() and "utf-8" not in parameters.lower():
+        found.append(f"{where}: Content-Type charset is not utf-8: {parameters!r}")
+    try:
+        document = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except ValueError as error:
+        found.append(f"{where}: body is not UTF-8 JSON: {error}")
+    else:
+        errors = schema_errors(document, request_schema_pointer(path))
+        found += [f"{where}: {error}" for error in errors]
+    return (400 if found else None), found
 
 
 # --- The server.
@@ -386,7 +241,7 @@ class FaultServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def start(self) -> FaultServer:
-        _validator(request_schema_pointer("/ingest"))  # fail here, not in a handler thread
+        openapi.validator(request_schema_pointer("/ingest"))  # fail here, not in a handler thread
         self._stopping.clear()
         self._httpd = _HTTPServer(self)
         self._serving = threading.Thread(
@@ -528,7 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(path, None, action, [], (), seen=False, started=started)
             return
         events = _events(path, body)
-        status, violations = self._check(path, body)
+        status, violations = check_request(
+            self.command, self.path, self.headers, body, self.fault.token
+        )
         if status is None:
             self._perform(path, action, events, started)
             return
@@ -539,14 +396,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers.append(("WWW-Authenticate", "Bearer"))
         message = "; ".join(violations) or "Invalid bearer token"
         self.fault._sleep(self.fault.latency)
-        seen = self._send(status, headers, _json({"message": message[:500]}))
+        seen = self._send(status, headers, json_bytes({"message": message[:500]}))
         self._log(path, status, action, events, (), seen=seen, started=started)
 
     def do_GET(self) -> None:
         violation = f"{self.command} {self.path}: method not allowed"
         with self.fault.lock:
             self.fault.violations.append(violation)
-        body = b"" if self.command == "HEAD" else _json({"message": violation})
+        body = b"" if self.command == "HEAD" else json_bytes({"message": violation})
         self.close_connection = True
         self._send(405, [("Content-Type", "application/json"), ("Allow", "POST")], body)
         self._log(urlsplit(self.path).path, 405, None, [], (), True, time.monotonic())
@@ -565,34 +422,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         return self.rfile.read(length)
-
-    def _check(self, path: str, body: bytes | None) -> tuple[int | None, list[str]]:
-        """The status to refuse the request with (None: go on) and the protocol violations
-        found. A well-formed bearer token that is wrong is refused but is no violation."""
-        where = f"{self.command} {self.path}"
-        if body is None:
-            return 400, [f"{where}: no valid Content-Length (or a body over {MAX_BODY} bytes)"]
-        if path not in BODY_KEY:
-            return 404, [f"{where}: unknown path"]
-        scheme, _, credential = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credential:
-            return 401, [f"{where}: no 'Authorization: Bearer <token>' header"]
-        if credential != self.fault.token:
-            return 401, []
-        found = []
-        media_type, _, parameters = self.headers.get("Content-Type", "").partition(";")
-        if media_type.strip().lower() != "application/json":
-            found.append(f"{where}: Content-Type is {self.headers.get('Content-Type')!r}")
-        if "charset" in parameters.lower() and "utf-8" not in parameters.lower():
-            found.append(f"{where}: Content-Type charset is not utf-8: {parameters!r}")
-        try:
-            document = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
-        except ValueError as error:
-            found.append(f"{where}: body is not UTF-8 JSON: {error}")
-        else:
-            errors = schema_errors(document, request_schema_pointer(path))
-            found += [f"{where}: {error}" for error in errors]
-        return (400 if found else None), found
 
     def _perform(
         self, path: str, action: Action | RateLimited, events: list[Event], started: float
@@ -621,7 +450,7 @@ class _Handler(BaseHTTPRequestHandler):
             rejections = fault._rejections(action, events)
             metered_ids = fault._meter(events, skip=set(rejections))
         fault._sleep(fault.latency + (action.seconds if isinstance(action, Slow) else 0.0))
-        status, headers, body = _metered_answer(action, path, rejections, events)
+        status, headers, body = metered_answer(action, path, rejections, events)
         reported = not isinstance(action, ResetAfter | GatewayTimeout)  # rejections were told
         written = status is not None and self._send(status, headers, body)
         if status is None:
@@ -689,36 +518,6 @@ class _Handler(BaseHTTPRequestHandler):
         )
         with self.fault.lock:
             self.fault.requests.append(record)
-
-
-def _metered_answer(
-    action: Metering, path: str, rejections: dict[int, str], events: list[Event]
-) -> tuple[int | None, Headers, bytes]:
-    """The answer to a metering action; status None: reset the connection instead."""
-    if isinstance(action, ResetAfter):
-        return None, [], b""
-    if isinstance(action, GatewayTimeout):
-        return 504, [], b""
-    if rejections or isinstance(action, Ok | Reject | Slow):  # a 202 says "all accepted"
-        return _accepted(path, rejections, events)
-    if isinstance(action, GarbageAccept):
-        return 202, [("Content-Type", "application/json")], action.body
-    return 202, [], b""
-
-
-def _accepted(
-    path: str, rejections: dict[int, str], events: list[Event]
-) -> tuple[int, Headers, bytes]:
-    json_type = [("Content-Type", "application/json")]
-    if path == "/ingest":
-        if rejections:
-            return 400, json_type, _json({"message": next(iter(rejections.values()))})
-        return 202, [], b""
-    errors = [
-        {"message": message, "eventPayload": events[position]}
-        for position, message in sorted(rejections.items())
-    ]
-    return (207 if errors else 202), json_type, _json({"errors": errors})
 
 
 def _events(path: str, body: bytes | None) -> list[Event]:

@@ -39,83 +39,79 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol, Self
+from typing import IO, Any, Self
 
 import httpx
-import yaml
-from openapi_schema_validator import OAS30Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SPEC_PATH = REPO_ROOT / "openapi" / "togai-ingestion.yaml"
+from tests.openapi import (
+    JSON_MEDIA_TYPE,
+    REPO_ROOT,
+    SPEC_PATH,
+    SchemaValidator,
+    json_pointer,
+    load,
+    resolve_in,
+    validator_for,
+)
+
+__all__ = [
+    "JSON_MEDIA_TYPE",
+    "PRISM_BIN",
+    "REPO_ROOT",
+    "SPEC_PATH",
+    "Exchange",
+    "PrismNotInstalledError",
+    "PrismServer",
+    "PrismStartupError",
+    "SchemaValidator",
+    "Violation",
+    "ViolationRecorder",
+    "free_port",
+    "json_pointer",
+    "load_spec",
+    "resolve",
+    "schema_keyword",
+    "schema_validator",
+    "violations_of",
+]
+
 PRISM_BIN = REPO_ROOT / "mock" / "node_modules" / ".bin" / "prism"
 VIOLATIONS_HEADER = "sl-violations"
 PRISM_PROBLEM_PREFIX = "https://stoplight.io/prism/errors#"
-JSON_MEDIA_TYPE = "application/json"
-SPEC_URI = "urn:togai-ingestion-openapi"
+
+# The document helpers below keep the contract tests' spelling (the document passed in);
+# they are thin wrappers of tests/openapi.py, which reads the document once.
 
 
 def load_spec(path: Path = SPEC_PATH) -> dict[str, Any]:
-    """The OpenAPI document as plain data."""
-    with path.open(encoding="utf-8") as file:
-        document: dict[str, Any] = yaml.safe_load(file)
-    return document
-
-
-def json_pointer(*parts: str | int) -> str:
-    """An RFC 6901 pointer: json_pointer("paths", "/ingest") == "/paths/~1ingest"."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+    """The OpenAPI document as plain data, parsed once (shared: copy it before changing it)."""
+    return load(path).data
 
 
 def resolve(spec: dict[str, Any], node: Any) -> Any:
     """Follow a local `$ref` (and chains of them) within the document."""
-    while isinstance(node, dict) and "$ref" in node:
-        ref = node["$ref"]
-        if not ref.startswith("#/"):
-            raise ValueError(f"only local references are supported: {ref}")
-        node = spec
-        for part in ref[2:].split("/"):
-            node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
-
-
-class SchemaValidator(Protocol):
-    """What tests use of a jsonschema validator (jsonschema ships no type information)."""
-
-    def validate(self, instance: Any) -> None: ...
-
-    def is_valid(self, instance: Any) -> bool: ...
-
-    def iter_errors(self, instance: Any) -> Iterator[Any]: ...
+    return resolve_in(spec, node)
 
 
 def schema_keyword(spec: dict[str, Any], schema: str, prop: str, keyword: str) -> Any:
     """A keyword of a property of a component schema, e.g. ("Event", "id", "maxLength")."""
-    node = resolve(spec, spec["components"]["schemas"][schema]["properties"][prop])
+    node = resolve_in(spec, spec["components"]["schemas"][schema]["properties"][prop])
     if keyword not in node:
         raise KeyError(f"components/schemas/{schema}/properties/{prop} has no {keyword}")
     return node[keyword]
 
 
 def schema_validator(spec: dict[str, Any], pointer: str) -> SchemaValidator:
-    """An OpenAPI 3.0 schema validator (date-time etc. checked) for the schema at `pointer`.
-
-    `$ref`s resolve within the document, e.g. ``schema_validator(spec,
-    "/components/schemas/Event")`` follows ``#/components/schemas/EventAttribute``.
-    """
-    resource = Resource.from_contents(spec, default_specification=DRAFT4)
-    registry: Registry[Any] = Registry().with_resource(SPEC_URI, resource)
-    validator: SchemaValidator = OAS30Validator(
-        {"$ref": f"{SPEC_URI}#{pointer}"},
-        registry=registry,
-        format_checker=OAS30Validator.FORMAT_CHECKER,
-    )
-    return validator
+    """An OpenAPI 3.0 schema validator (date-time etc. checked) for the schema at `pointer`;
+    `$ref`s resolve within the document (cached for the checked-in document)."""
+    document = load()
+    if spec is document.data:
+        return document.validator(pointer)
+    return validator_for(spec, pointer)
 
 
 class PrismNotInstalledError(RuntimeError):

@@ -10,11 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from email.message import Message
 from typing import Any
 
 import httpx
 import pytest
 
+from tests import openapi
+from tests.faults import metered_answer
 from tests.faultserver import (
     Action,
     BadGateway,
@@ -32,6 +35,7 @@ from tests.faultserver import (
     Slow,
     Throttle,
     Unavailable,
+    check_request,
     mixed_script,
     schema_errors,
     unavailable_burst,
@@ -142,7 +146,9 @@ def test_missing_or_wrong_token_is_401_and_not_metered() -> None:
 
 def _too_many_attributes(body: dict[str, Any]) -> None:
     attribute = {"attributeName": "a", "attributeValue": "1"}
-    body["events"][0]["eventAttributes"] = [attribute] * 51
+    body["events"][0]["eventAttributes"] = [attribute] * (
+        openapi.limit("Event", "eventAttributes", "maxItems") + 1
+    )
 
 
 def _unknown_property(body: dict[str, Any]) -> None:
@@ -166,7 +172,10 @@ def _no_events(body: dict[str, Any]) -> None:
 
 
 def _too_many_events(body: dict[str, Any]) -> None:
-    body["events"] = [make_event(n) for n in range(101)]
+    body["events"] = [
+        make_event(n)
+        for n in range(openapi.limit("IngestBatchEventRequest", "events", "maxItems") + 1)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -494,3 +503,26 @@ def test_a_body_cut_short_by_a_dying_client_is_no_violation() -> None:
     assert srv.violations == []
     assert srv.ledger == {}
     assert [r.status for r in srv.requests] == [None]
+
+
+def test_answers_and_request_checks_need_no_socket() -> None:
+    """The script's answers (tests/faults.py) and the request checks are plain functions."""
+    events = [make_event(1), make_event(2)]
+    status, headers, body = metered_answer(Reject(every=2), "/ingestBatch", {1: "no"}, events)
+    assert (status, list(headers)) == (207, [("Content-Type", "application/json")])
+    assert schema_errors(json.loads(body), BATCH_RESPONSE) == []
+    assert json.loads(body)["errors"] == [{"message": "no", "eventPayload": events[1]}]
+    assert metered_answer(ResetAfter(), "/ingest", {}, events[:1]) == (None, [], b"")
+    assert metered_answer(Ok(), "/ingest", {}, events[:1]) == (202, [], b"")
+
+    request = Message()
+    request["Authorization"] = f"Bearer {TOKEN}"
+    request["Content-Type"] = "application/json"
+    good = json.dumps(batch(1)).encode()
+    assert check_request("POST", "/ingestBatch", request, good, TOKEN) == (None, [])
+    assert check_request("POST", "/ingestBatch", request, good, "other") == (401, [])
+    status, violations = check_request(
+        "POST", "/ingestBatch", request, json.dumps({"events": []}).encode(), TOKEN
+    )
+    assert status == 400
+    assert len(violations) == 1 and violations[0].startswith("POST /ingestBatch: $.events:")

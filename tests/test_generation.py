@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.prism import REPO_ROOT
+from tests.openapi import REPO_ROOT
 
 NEEDED = [
     "Makefile",

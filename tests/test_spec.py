@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import OpenAPIV30SpecValidator, validate
 
-from tests.prism import JSON_MEDIA_TYPE, SPEC_PATH, json_pointer, load_spec, schema_validator
+from tests import openapi
+from tests.openapi import HTTP_METHODS, JSON_MEDIA_TYPE, SPEC_PATH, json_pointer
 
-SPEC = load_spec()
-HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+SPEC = openapi.document()
 
 
 def media_types() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -27,10 +29,7 @@ def media_types() -> Iterator[tuple[str, dict[str, Any]]]:
     def deref(pointer: str, node: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if "$ref" in node:
             ref: str = node["$ref"]
-            target: Any = SPEC
-            for part in ref[2:].split("/"):
-                target = target[part.replace("~1", "/").replace("~0", "~")]
-            return ref[1:], target
+            return ref[1:], openapi.resolve(node)
         return pointer, node
 
     def content_of(pointer: str, node: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -64,8 +63,7 @@ def example_cases() -> list[tuple[str, str, Any]]:
             cases.append((f"{pointer}/example", schema_pointer, media["example"]))
         for name, example in media.get("examples", {}).items():
             if "$ref" in example:
-                ref_name = example["$ref"].rsplit("/", 1)[-1]
-                example = SPEC["components"]["examples"][ref_name]
+                example = openapi.resolve(example)
             assert "value" in example, f"{pointer}/examples/{name}: only `value` is supported"
             cases.append((f"{pointer}/examples/{name}", schema_pointer, example["value"]))
     # Headers: components/headers and headers declared inline on responses.
@@ -112,7 +110,7 @@ def test_date_time_format_is_checked() -> None:
     ("schema_pointer", "value"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_example_matches_its_schema(schema_pointer: str, value: Any) -> None:
-    schema_validator(SPEC, schema_pointer).validate(value)
+    openapi.validator(schema_pointer).validate(value)
 
 
 def test_every_kind_of_example_is_checked() -> None:
@@ -143,14 +141,14 @@ def test_every_207_example_lists_rejected_events() -> None:
         for error in errors:
             assert error.get("message"), name
             assert error.get("eventPayload"), name
-            schema_validator(SPEC, "/components/schemas/Event").validate(error["eventPayload"])
+            openapi.validator("/components/schemas/Event").validate(error["eventPayload"])
 
 
 def test_example_check_is_not_vacuous() -> None:
     """Broken copies of the examples fail: required field, date-time format, unknown key."""
     pointer = json_pointer("paths", "/ingestBatch", "post", "responses", "207")
     pointer += json_pointer("content", JSON_MEDIA_TYPE, "schema")
-    validator = schema_validator(SPEC, pointer)
+    validator = openapi.validator(pointer)
     media = SPEC["paths"]["/ingestBatch"]["post"]["responses"]["207"]["content"][JSON_MEDIA_TYPE]
     good = next(iter(media["examples"].values()))["value"]
     validator.validate(good)
@@ -164,3 +162,34 @@ def test_example_check_is_not_vacuous() -> None:
     for broken in (no_offset, missing, unknown):
         assert not validator.is_valid(broken)
         assert len(list(validator.iter_errors(broken))) == 1
+
+
+def test_the_shared_helper_reads_any_copy_of_the_document(tmp_path: Path) -> None:
+    """tests/openapi.py: limits, property lists and statuses as the document gives them."""
+    event = SPEC["components"]["schemas"]["Event"]
+    assert openapi.properties("Event") == list(event["properties"])
+    assert openapi.required("Event") == event["required"]
+    assert openapi.limit("Event", "id", "maxLength") == event["properties"]["id"]["maxLength"]
+    items = openapi.schema("IngestBatchEventRequest")["properties"]["events"]["items"]
+    assert items["properties"]["eventAttributes"]["items"]["required"] == [
+        "attributeName",
+        "attributeValue",
+    ]  # references inlined, at every depth
+    assert {202, 207} <= set(openapi.success_statuses("ingestBatch"))
+    assert set(openapi.success_statuses("ingest")) < set(openapi.statuses("ingest"))
+    assert "Retry-After" in openapi.load().response_headers("ingest", 429)
+    with pytest.raises(KeyError, match="has no maxItems"):
+        openapi.limit("Event", "id", "maxItems")
+
+    limit = openapi.limit("Event", "id", "maxLength")
+    modified = copy.deepcopy(SPEC)
+    modified["components"]["schemas"]["Event"]["properties"]["id"]["maxLength"] = limit + 1
+    copy_path = tmp_path / "copy.yaml"
+    copy_path.write_text(yaml.safe_dump(modified))
+    changed = openapi.load(copy_path)
+    assert changed.limit("Event", "id", "maxLength") == limit + 1
+    assert openapi.limit("Event", "id", "maxLength") == limit  # the checked-in one is untouched
+    example = SPEC["components"]["examples"]["IngestEventRequestExample"]["value"]["event"]
+    longer = {**example, "id": "x" * (limit + 1)}
+    assert changed.validator("/components/schemas/Event").is_valid(longer)
+    assert not openapi.validator("/components/schemas/Event").is_valid(longer)

@@ -9,6 +9,7 @@
 
 from togai_client.models import Event, EventAttribute, EventDimensions
 
+from ._logging import configure_from_env as _configure_logging
 from .client import DEFAULT_TIMEOUT, AsyncClient, Client, SendAbortedError
 from .errors import (
     APIConnectionError,
@@ -17,22 +18,28 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ClosedError,
+    ConfigurationError,
     InsecureTransportError,
     MalformedResponseError,
     PayloadTooLargeError,
     QueueFullError,
     RateLimitedError,
     ServiceUnavailableError,
+    SpoolError,
+    SpoolFullError,
     TogaiError,
     UnexpectedStatusError,
     ValidationError,
 )
 from .events import new_event
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, RateLimiter
 from .results import BatchOutcome, FailedEvent, InvalidEvent, RejectedEvent, SendResult
 from .retry import RetryPolicy
 from .sender import BackgroundSender, DeliveryReport
-from .validation import EventLike, to_wire, validate_wire
+from .shared_limit import SharedRateLimit
+from .shortlived import flush_after, flushing
+from .validation import EncodedEvent, EventLike, encode_event, to_wire, validate_wire
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -46,7 +53,10 @@ __all__ = [
     "BadRequestError",
     "BatchOutcome",
     "Client",
+    "ClosedError",
+    "ConfigurationError",
     "DeliveryReport",
+    "EncodedEvent",
     "Event",
     "EventAttribute",
     "EventDimensions",
@@ -54,6 +64,7 @@ __all__ = [
     "FailedEvent",
     "InsecureTransportError",
     "InvalidEvent",
+    "Limiter",
     "MalformedResponseError",
     "PayloadTooLargeError",
     "QueueFullError",
@@ -64,10 +75,18 @@ __all__ = [
     "SendAbortedError",
     "SendResult",
     "ServiceUnavailableError",
+    "SharedRateLimit",
+    "SpoolError",
+    "SpoolFullError",
     "TogaiError",
     "UnexpectedStatusError",
     "ValidationError",
+    "encode_event",
+    "flush_after",
+    "flushing",
     "new_event",
     "to_wire",
     "validate_wire",
 ]
+
+_configure_logging()  # TOGAI_LOG=debug|info: the library's logs on stderr, token redacted

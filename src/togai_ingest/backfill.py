@@ -4,6 +4,7 @@ event not accepted, keep the checkpoint, and report; ``run`` returns the exit st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -18,26 +19,25 @@ from typing import IO, Any
 import click
 
 from .checkpoint import Checkpoint, Watermark
-from .client import AsyncClient, SendAbortedError
-from .errors import AuthenticationError
+from .client import TOKEN_ENV, AsyncClient, SendAbortedError
+from .errors import AuthenticationError, TogaiError
 from .progress import Display, count_lines
 from .readers import START, Input, InputError, Position, Record, read_records
-from .results import BatchOutcome
+from .results import BatchOutcome, SendResult
+from .validation import EncodedEvent
 
 __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_SOME_NOT_ACCEPTED",
     "EXIT_USAGE",
-    "TOKEN_ENV",
     "Options",
     "Plan",
     "StartError",
-    "prepare",
+    "plan",
     "run",
 ]
 
-TOKEN_ENV = "TOGAI_API_TOKEN"
 EXIT_OK, EXIT_SOME_NOT_ACCEPTED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _SHOWN_PROBLEMS = 10
 
@@ -69,7 +69,7 @@ class Plan:
     keep: int | None = None
 
 
-def prepare(inputs: Sequence[Input], options: Options) -> Plan:
+def plan(inputs: Sequence[Input], options: Options) -> Plan:
     """The run, resumed where ``options.checkpoint`` says; raises ``CheckpointError``."""
     if options.checkpoint is None:
         return Plan(inputs, options)
@@ -86,6 +86,25 @@ def prepare(inputs: Sequence[Input], options: Options) -> Plan:
 # --- The rejected file.
 
 
+def _wire(event: Any) -> Any:
+    """What the rejected file shows of an event: its wire form."""
+    return event.wire() if isinstance(event, EncodedEvent) else event
+
+
+def _entry(kind: str, event: Any, reason: str, source: str) -> bytes:
+    """One line of the rejected file (JSON, whatever ``event`` holds)."""
+    entry = {"kind": kind, "source": source, "reason": reason, "event": _wire(event)}
+    try:
+        try:
+            return json.dumps(entry, ensure_ascii=False).encode() + b"\n"
+        except UnicodeEncodeError:  # a lone surrogate from a \udcxx escape
+            return json.dumps(entry).encode() + b"\n"
+    except (ValueError, TypeError, RecursionError):  # nested too deep to write back
+        entry["event"] = None
+        entry["reason"] = f"{reason} (the record cannot be written back as JSON)"
+        return json.dumps(entry).encode() + b"\n"
+
+
 class _RejectedFile:
     """JSON Lines of ``{"kind", "source", "reason", "event"}``; ``send`` reads them again."""
 
@@ -98,20 +117,25 @@ class _RejectedFile:
         else:
             self._stream = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.size = self._stream.tell()
+        self._synced = -1
         self.count = 0
 
     def write(self, kind: str, event: Any, reason: str, source: str) -> None:
-        entry = {"kind": kind, "source": source, "reason": reason, "event": event}
-        try:
-            data = json.dumps(entry, ensure_ascii=False).encode() + b"\n"
-        except UnicodeEncodeError:  # a lone surrogate from a \udcxx escape
-            data = json.dumps(entry).encode() + b"\n"
+        """One entry."""
+        self.write_line(_entry(kind, event, reason, source))
+
+    def write_line(self, data: bytes) -> None:
+        """One entry made by ``_entry``."""
         self._stream.write(data)
         self.size += len(data)
         self.count += 1
 
-    def flush(self) -> None:
+    def sync(self) -> None:
+        """To disk: the checkpoint about to be saved vouches for these entries."""
         self._stream.flush()
+        if self._synced != self.size:
+            os.fsync(self._stream.fileno())
+            self._synced = self.size
 
     def close(self) -> None:
         self._stream.close()
@@ -121,27 +145,20 @@ class _RejectedFile:
 
 
 @dataclass
-class _Tally:
-    accepted: int = 0
-    rejected: int = 0
-    failed: int = 0
-    invalid: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.accepted + self.rejected + self.failed + self.invalid
-
-
-@dataclass
 class _Job:
-    """The state of one ``send`` run, updated from the reader and from ``on_batch``."""
+    """The state of one ``send`` run, updated from the reader and from ``on_batch``.
+
+    ``tally`` counts every record read exactly once: invalid ones as they are read, the
+    others from their batch's outcome (each index of the batch once: the first outcome
+    reported for it, accepted if none), or as failed if the run ends without one."""
 
     display: Display
     watermark: Watermark
     window: int
     rejected_file: _RejectedFile | None
     checkpoint: Checkpoint | None
-    tally: _Tally = field(default_factory=_Tally)
+    tally: SendResult = field(default_factory=SendResult)
+    read: int = 0
     stop_reason: str | None = None
     error: str | None = None
     auth_error: AuthenticationError | None = None
@@ -159,13 +176,18 @@ class _Job:
         self.error = self.error or message
         self.stop("error")
 
-    def problem(self, kind: str, event: Any, reason: str, source: str) -> None:
-        """An event not accepted: to the rejected file, and the first ones to stderr."""
-        if self.rejected_file is not None:
-            self.rejected_file.write(kind, event, reason, source)
+    def problem(self, kind: str, event: Any, reason: str, source: str) -> bytes | None:
+        """An event not accepted: the first ones to stderr; its rejected-file entry (None
+        without a rejected file)."""
         if self.shown < _SHOWN_PROBLEMS:
             self.display.note(f"{source}: {kind}: {reason}")
         self.shown += 1
+        return None if self.rejected_file is None else _entry(kind, event, reason, source)
+
+    def write(self, entry: bytes) -> None:
+        """The watermark's sink: entries it passed, in input order."""
+        if self.rejected_file is not None:
+            self.rejected_file.write_line(entry)
 
     def save(self) -> None:
         """Write the checkpoint (after the rejected entries it vouches for)."""
@@ -173,7 +195,7 @@ class _Job:
             return
         rejected = self.rejected_file
         if rejected is not None:
-            rejected.flush()
+            rejected.sync()
         self.checkpoint.save(
             self.watermark.position,
             None if rejected is None else str(rejected.path.resolve()),
@@ -181,10 +203,11 @@ class _Job:
         )
 
     def invalid(self, record: Record) -> None:
-        self.problem("invalid", record.raw, record.problem or "invalid", record.source)
-        self.tally.invalid += 1
+        self.read += 1
+        entry = self.problem("invalid", record.raw, record.problem or "invalid", record.source)
+        self.tally.n_invalid += 1
         self.display.advance(1)
-        if self.watermark.local(record.end):
+        if self.watermark.local(record.end, entry, self.write):
             self.save()
 
     def on_batch(self, outcome: BatchOutcome) -> None:
@@ -194,37 +217,51 @@ class _Job:
             self.fail(f"cannot write: {error}")
 
     def _record(self, outcome: BatchOutcome) -> None:
-        source = self.watermark.source
+        source, first, last = self.watermark.source, outcome.start, outcome.start + outcome.count
+        found: dict[int, tuple[str, Any, str]] = {}
         for rejected in outcome.rejected:
-            where = source(rejected.index) if rejected.index >= 0 else "(not sent)"
-            self.problem("rejected", rejected.event, rejected.message, where)
-            self.tally.rejected += rejected.index >= 0
+            found.setdefault(rejected.index, ("rejected", rejected.event, rejected.message))
         for failed in outcome.failed:
-            self.problem("failed", failed.event, str(failed.error), source(failed.index))
+            found.setdefault(failed.index, ("failed", failed.event, str(failed.error)))
             if isinstance(failed.error, AuthenticationError):
                 self.auth_error = failed.error
         for invalid in outcome.invalid:
-            self.problem("invalid", invalid.event, str(invalid.error), source(invalid.index))
-        self.tally.accepted += outcome.accepted
-        self.tally.failed += len(outcome.failed)
-        self.tally.invalid += len(outcome.invalid)
+            found.setdefault(invalid.index, ("invalid", invalid.event, str(invalid.error)))
+        counts = {"rejected": 0, "failed": 0, "invalid": 0}
+        for index, (kind, event, reason) in sorted(found.items()):
+            if not first <= index < last:  # not an event of this batch: nothing to count
+                self.display.note(f"(not sent): {kind}: {reason}")
+                continue
+            entry = self.problem(kind, event, reason, source(index))
+            if entry is not None:
+                self.watermark.note(index, entry)
+            counts[kind] += 1
+        self.tally.n_rejected += counts["rejected"]
+        self.tally.n_failed += counts["failed"]
+        self.tally.n_invalid += counts["invalid"]
+        self.tally.accepted += outcome.count - sum(counts.values())
         self.display.advance(outcome.count)
         if self.auth_error is not None:
             self.watermark.settle(outcome.start, outcome.count)  # a resumed run sends them
             self.stop("the token was refused")
-        elif self.watermark.done(outcome.start, outcome.count):
+        elif self.watermark.done(outcome.start, outcome.count, self.write):
             self.save()
         self.wake.set()
 
-    def unsettled(self) -> None:
-        """After an abandoned or aborted run: the events sent with no outcome are failed."""
+    def finish(self) -> None:
+        """At the end of the run: the entries still waiting (records past the watermark,
+        read again by a resumed run), and the events sent with no outcome (an abandoned or
+        aborted run), failed."""
+        self.watermark.pending(self.write)
         if self.abandoned:
             reason = "abandoned by a second interrupt: it may or may not have been delivered"
         else:
             reason = "not sent: the API refused the token"
         for source, event in self.watermark.unsettled():
-            self.problem("failed", event, reason, source)
-            self.tally.failed += 1
+            entry = self.problem("failed", event, reason, source)
+            if entry is not None:
+                self.write(entry)
+            self.tally.n_failed += 1
             self.display.advance(1)
 
 
@@ -254,33 +291,36 @@ def run(client: AsyncClient, plan: Plan) -> int:
         records = read_records(inputs, zone=options.zone, start=start)
         with display:
             asyncio.run(_run(client, records, job, options))
-        job.unsettled()
+        job.finish()
         if job.stop_reason is None and not job.abandoned:
             job.save()
     except OSError as error:
         job.fail(f"cannot write: {error}")
     finally:
         if sink is not None:
-            sink.close()
+            with contextlib.suppress(OSError):
+                sink.close()
     return _report(job, time.monotonic() - started, options)
 
 
-async def _feed(records: Generator[Record, None, None], job: _Job) -> AsyncIterator[dict[str, Any]]:
+async def _feed(records: Generator[Record, None, None], job: _Job) -> AsyncIterator[EncodedEvent]:
     """The valid events for ``send``; invalid ones are recorded on the way. At most
     ``job.window`` events are outstanding, which bounds memory and what a killed run
-    sends again."""
+    sends again. No record is read once the run stops: each one read is reported."""
     try:
-        for record in records:
-            if job.stop_reason is not None:
-                break
-            if record.event is None:
-                job.invalid(record)
-                continue
+        while job.stop_reason is None:
             while job.watermark.outstanding >= job.window and job.stop_reason is None:
                 job.wake.clear()
                 await job.wake.wait()
             if job.stop_reason is not None:
                 break
+            record = next(records, None)
+            if record is None:
+                break
+            if record.event is None:
+                job.invalid(record)
+                continue
+            job.read += 1
             job.watermark.sent(record.source, record.end, record.event)
             yield record.event
     except InputError as error:
@@ -317,12 +357,15 @@ async def _run(
                 concurrency=options.concurrency,
                 on_batch=job.on_batch,
                 collect=False,  # on_batch records every outcome; memory stays flat
-                validated=True,  # the readers validated each record, to name its line
             )
     except SendAbortedError as error:
         job.auth_error = job.auth_error or (
             error.cause if isinstance(error.cause, AuthenticationError) else None
         )
+        if job.auth_error is None:
+            job.fail(f"sending stopped: {error.cause}")
+    except TogaiError as error:  # e.g. a setting the client refuses only when it sends
+        job.fail(str(error))
     except asyncio.CancelledError:
         job.abandoned = True
     finally:
@@ -338,8 +381,8 @@ def _summary(job: _Job, seconds: float) -> str:
     tally = job.tally
     rate = tally.total / seconds if seconds > 0 else 0.0
     return (
-        f"summary: {tally.accepted:,} accepted, {tally.rejected:,} rejected, "
-        f"{tally.failed:,} failed, {tally.invalid:,} invalid; "
+        f"summary: {tally.accepted:,} accepted, {tally.n_rejected:,} rejected, "
+        f"{tally.n_failed:,} failed, {tally.n_invalid:,} invalid; "
         f"{tally.total:,} events in {seconds:.2f} s ({rate:,.0f} events/s)"
     )
 
@@ -348,6 +391,12 @@ def _report(job: _Job, seconds: float, options: Options) -> int:
     """Summary on stdout, what went wrong on stderr; the exit status."""
     if not options.quiet:
         click.echo(_summary(job, seconds))
+    if job.tally.total != job.read:  # cannot happen: every record read has one outcome
+        click.echo(
+            f"togai-ingest: warning: {job.read:,} records read, "
+            f"{job.tally.total:,} outcomes reported",
+            err=True,
+        )
     if job.shown > _SHOWN_PROBLEMS:
         where = job.rejected_file.path if job.rejected_file else "(pass --rejected PATH to keep)"
         click.echo(
@@ -371,5 +420,4 @@ def _report(job: _Job, seconds: float, options: Options) -> int:
         what = "abandoned the batches in flight" if job.abandoned else "stopped"
         click.echo(f"togai-ingest: interrupted: {what}{resume}", err=True)
         return EXIT_INTERRUPTED
-    ok = job.tally.total == job.tally.accepted
-    return EXIT_OK if ok else EXIT_SOME_NOT_ACCEPTED
+    return EXIT_OK if job.tally.ok else EXIT_SOME_NOT_ACCEPTED

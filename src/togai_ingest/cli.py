@@ -8,26 +8,46 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import httpx
 
 from . import backfill
-from .backfill import EXIT_OK, EXIT_SOME_NOT_ACCEPTED, EXIT_USAGE, TOKEN_ENV
+from .backfill import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_NOT_ACCEPTED, EXIT_USAGE
 from .checkpoint import CheckpointError
-from .client import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, AsyncClient
+from .client import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    TOKEN_ENV,
+    URL_ENV,
+    AsyncClient,
+    Client,
+)
 from .errors import TogaiError
-from .readers import FORMATS, Format, Input, InputError, format_of, parse_zone, read_records
+from .readers import (
+    FORMATS,
+    STDIN,
+    Format,
+    Input,
+    InputError,
+    format_of,
+    parse_zone,
+    read_records,
+)
 from .retry import RetryPolicy
+from .shared_limit import SharedRateLimit
 from .spec import spec
 
 __all__ = ["main"]
 
 log = logging.getLogger("togai_ingest")
+ClientT = TypeVar("ClientT", Client, AsyncClient)
 
 
 # --- Options shared by both commands.
@@ -38,6 +58,31 @@ def _zone(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt
         return None if value is None else parse_zone(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+
+
+class _Finite(click.FloatRange):
+    """A ``FloatRange`` of finite numbers: click's accepts ``nan`` (it fails no comparison)
+    and ``inf``."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+_SLOWEST_RATE = 0.01
+
+
+def _rate(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if 0 < value < _SLOWEST_RATE:
+        raise click.BadParameter(
+            f"{value:g} is less than one request per {1 / _SLOWEST_RATE:.0f} seconds; "
+            "0 disables the limit"
+        )
+    return value
 
 
 def _input_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,6 +108,97 @@ def _input_options(command: Callable[..., Any]) -> Callable[..., Any]:
         "without it they are invalid.",
     )
     return files(fmt(zone(command)))
+
+
+def _client_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that configure the client, the same for every command that sends."""
+    options = [
+        click.option(
+            "--base-url",
+            envvar=URL_ENV,
+            show_envvar=True,
+            default=spec().default_server,
+            show_default=True,
+            help="API base URL.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, spec().max_batch_size),
+            default=spec().max_batch_size,
+            show_default=True,
+            help="Events per request (the API allows at most this default).",
+        ),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(1, 64),
+            default=DEFAULT_CONCURRENCY,
+            show_default=True,
+            help="Requests in flight.",
+        ),
+        click.option(
+            "--rate-limit",
+            type=_Finite(min=0),
+            callback=_rate,
+            default=spec().requests_per_second,
+            show_default=True,
+            help="Requests per second at most (Togai's quota); 0 disables the limit. The "
+            "rate adapts: it is cut on 429 and grows back on success, never above this.",
+        ),
+        click.option(
+            "--rate-limit-url",
+            metavar="URL",
+            envvar="TOGAI_RATE_LIMIT_URL",
+            show_envvar=True,
+            help="Share Togai's request quota with every process and host that uses this "
+            "Redis (redis://[:password@]host:6379/0, rediss:// for TLS; needs the 'redis' "
+            "extra). Processes with the same token share one bucket; if Redis is unreachable "
+            "each process adapts on its own until it answers again.",
+        ),
+        click.option(
+            "--retries",
+            type=click.IntRange(min=0),
+            default=RetryPolicy().max_retries,
+            show_default=True,
+            help=f"Retries of a failed request. {RetryPolicy().describe()}",
+        ),
+        click.option(
+            "--timeout",
+            type=_Finite(min=0, min_open=True, max=3600),
+            default=DEFAULT_TIMEOUT.read,
+            show_default=True,
+            help="Seconds to wait for an answer.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _client(
+    cls: type[ClientT],
+    token: str,
+    base_url: str,
+    timeout: float,
+    retries: int,
+    rate_limit: float,
+    rate_limit_url: str | None,
+) -> ClientT:
+    """The client the options describe; a bad setting is a usage error (exit 2)."""
+    try:
+        limit: float | SharedRateLimit | None = rate_limit or None
+        if rate_limit_url:
+            limit = SharedRateLimit(rate_limit_url, per_second=rate_limit or None, token=token)
+        return cls(
+            token,
+            base_url=base_url,
+            timeout=httpx.Timeout(
+                timeout, connect=min(timeout, DEFAULT_TIMEOUT.connect or timeout)
+            ),
+            retry=RetryPolicy(max_retries=retries),
+            rate_limit=limit,
+        )
+    except (TogaiError, ValueError) as error:
+        _fail(str(error))
 
 
 def _inputs(files: Sequence[str], fmt: Format | None) -> list[Input]:
@@ -126,6 +262,9 @@ def validate(files: tuple[str, ...], fmt: Format | None, zone: dt.tzinfo | None)
                 valid += 1
     except InputError as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        click.echo(f"togai-ingest: interrupted after {valid + invalid:,} records", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     click.echo(f"{valid + invalid:,} records: {valid:,} valid, {invalid:,} invalid")
     raise SystemExit(EXIT_SOME_NOT_ACCEPTED if invalid else EXIT_OK)
 
@@ -133,13 +272,44 @@ def validate(files: tuple[str, ...], fmt: Format | None, zone: dt.tzinfo | None)
 # --- send
 
 
-def _check_paths(inputs: Sequence[Input], *outputs: Path | None) -> None:
-    for output in outputs:
-        if output is None or not output.exists():
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, symlinks followed; None if there is none."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _stdin_id() -> tuple[int, int] | None:
+    """(device, inode) of what standard input reads (a file redirected with ``<``)."""
+    try:
+        stat = os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor (closed, or in-process)
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _check_paths(inputs: Sequence[Input], **outputs: Path | None) -> None:
+    """Refuse an output (``--rejected``, ``--checkpoint``) that is the same file as an input
+    or as the other output, however named: stdin redirected from it, a symlink, a hard
+    link, a relative path. Done before anything is opened for writing."""
+    files: dict[tuple[int, int], str] = {}
+    for item in inputs:
+        found = _stdin_id() if item.path == STDIN else _file_id(item.path)
+        if found is not None:
+            what = "standard input" if item.path == STDIN else f"input {item.path}"
+            files.setdefault(found, what)
+    for option, output in outputs.items():
+        found = None if output is None else _file_id(output)
+        if found is None:
             continue
-        for item in inputs:
-            if item.path != "-" and os.path.samefile(item.path, output):
-                _fail(f"{output} is also an input file; choose another path")
+        if found in files:
+            _fail(
+                f"--{option} {output} is the same file as {files[found]}: writing it would "
+                "destroy what is read; choose another path"
+            )
+        files[found] = f"--{option} {output}"
 
 
 class _LogToStderr(logging.Handler):
@@ -149,49 +319,7 @@ class _LogToStderr(logging.Handler):
 
 @main.command()
 @_input_options
-@click.option(
-    "--base-url",
-    envvar="TOGAI_BASE_URL",
-    show_envvar=True,
-    default=spec().default_server,
-    show_default=True,
-    help="API base URL.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, spec().max_batch_size),
-    default=spec().max_batch_size,
-    show_default=True,
-    help="Events per request (the API allows at most this default).",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Requests in flight.",
-)
-@click.option(
-    "--rate-limit",
-    type=click.FloatRange(min=0),
-    default=spec().requests_per_second,
-    show_default=True,
-    help="Requests per second at most (Togai's quota); 0 disables the limit.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=RetryPolicy().max_retries,
-    show_default=True,
-    help="Retries of a failed request (429, 5xx, timeouts, connection errors).",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_TIMEOUT.read,
-    show_default=True,
-    help="Seconds to wait for an answer.",
-)
+@_client_options
 @click.option(
     "--rejected",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
@@ -206,7 +334,7 @@ class _LogToStderr(logging.Handler):
 )
 @click.option(
     "--progress-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_Finite(min=0.05, max=86400),
     default=5.0,
     show_default=True,
     help="Seconds between progress lines when stderr is not a terminal.",
@@ -220,6 +348,7 @@ def send(
     batch_size: int,
     concurrency: int,
     rate_limit: float,
+    rate_limit_url: str | None,
     retries: int,
     timeout: float,
     rejected: Path | None,
@@ -243,22 +372,14 @@ def send(
     if not token:
         _fail(f"no API token: set {TOKEN_ENV}")
     inputs = _inputs(files, fmt)
-    _check_paths(inputs, rejected, checkpoint)
+    # Everything that can be refused is refused before an input is read or an output opened:
+    # the outputs against the inputs, the settings (the client checks the base URL), and
+    # the checkpoint.
+    _check_paths(inputs, rejected=rejected, checkpoint=checkpoint)
+    client = _client(AsyncClient, token, base_url, timeout, retries, rate_limit, rate_limit_url)
     try:
-        plan = backfill.prepare(inputs, options)
+        plan = backfill.plan(inputs, options)
     except CheckpointError as error:
-        _fail(str(error))
-    try:
-        client = AsyncClient(
-            token,
-            base_url=base_url,
-            timeout=httpx.Timeout(
-                timeout, connect=min(timeout, DEFAULT_TIMEOUT.connect or timeout)
-            ),
-            retry=RetryPolicy(max_retries=retries),
-            rate_limit=rate_limit or None,
-        )
-    except (TogaiError, ValueError) as error:
         _fail(str(error))
     handler, level = _LogToStderr(), log.level
     log.addHandler(handler)
@@ -267,10 +388,101 @@ def send(
         code = backfill.run(client, plan)
     except backfill.StartError as error:
         _fail(str(error))
+    except KeyboardInterrupt:  # before the run's own handler is in place (counting lines)
+        click.echo("togai-ingest: interrupted", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
     raise SystemExit(code)
+
+
+# --- drain (owned with sender.py/spool.py/drain.py)
+
+
+@main.command()
+@click.argument("spool", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_client_options
+@click.option(
+    "--rejected",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every rejected or failed event here (JSON Lines with its reason), as send does.",
+)
+@click.option(
+    "--dead-letter", is_flag=True, help="Keep rejected events in the spool's dead_letter table."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No summary.")
+def drain(
+    spool: Path,
+    base_url: str,
+    batch_size: int,
+    concurrency: int,
+    rate_limit: float,
+    rate_limit_url: str | None,
+    retries: int,
+    timeout: float,
+    rejected: Path | None,
+    dead_letter: bool,
+    quiet: bool,
+) -> None:
+    """Send every event the background sender's SPOOL file holds, then remove it from the
+    spool. Safe while live senders use the same spool (their events are left to them).
+    Failed events stay spooled for the next run. The token is read from TOGAI_API_TOKEN.
+
+    Exit status: 0 every event accepted, 1 some rejected, failed or left, 2 usage, spool
+    or token error.
+    """
+    import time as _time
+
+    from . import drain as _drain
+    from .errors import SpoolError
+
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        _fail(f"no API token: set {TOKEN_ENV}")
+    if rejected is not None and rejected.exists() and os.path.samefile(rejected, spool):
+        _fail(f"{rejected} is the spool; choose another path")
+    client = _client(Client, token, base_url, timeout, retries, rate_limit, rate_limit_url)
+    try:
+        sink = None if rejected is None else backfill._RejectedFile(rejected, None)
+    except OSError as error:
+        _fail(f"cannot open {rejected}: {error.strerror or error}")
+    started = _time.monotonic()
+    try:
+        result = _drain.drain(
+            spool,
+            client,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            dead_letter=dead_letter,
+        )
+    except SpoolError as error:
+        _fail(str(error))
+    finally:
+        client.close()
+    seconds = _time.monotonic() - started
+    problems = [("rejected", r.event, r.message) for r in result.rejected]
+    problems += [("failed", f.event, str(f.error)) for f in result.failed]
+    for kind, event, reason in problems:
+        if sink is not None:
+            sink.write(kind, event, reason, f"{spool}")
+    if sink is not None:
+        sink.close()
+    for kind, event, reason in problems[:10]:
+        event_id = event.get("id") if isinstance(event, dict) else None
+        click.echo(f"{spool}: {kind}: {event_id}: {reason}", err=True)
+    if not quiet:
+        click.echo(_drain.summary(result, seconds))
+        if sink is not None and sink.count:
+            click.echo(f"rejected file: {rejected} ({sink.count:,} events)")
+    if result.aborted is not None:
+        click.echo(
+            f"togai-ingest: error: the API refused the token ({result.aborted}); "
+            f"check {TOKEN_ENV}; the events stay spooled",
+            err=True,
+        )
+        raise SystemExit(EXIT_USAGE)
+    raise SystemExit(EXIT_OK if result.ok else EXIT_SOME_NOT_ACCEPTED)
 
 
 if __name__ == "__main__":

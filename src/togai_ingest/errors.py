@@ -4,8 +4,12 @@
 
     TogaiError
     ├── ValidationError            bad input, found before any byte is sent
-    ├── InsecureTransportError     the token would travel over plain http
-    ├── QueueFullError             BackgroundSender.enqueue on a full queue
+    ├── ConfigurationError         a bad setting (URL, token, timeout, size), found at construction
+    │   └── InsecureTransportError the token would travel in clear text (plain http, a proxy)
+    ├── ClosedError                the client or sender was closed (or used from another loop)
+    ├── QueueFullError             BackgroundSender.enqueue on a full queue or spool
+    ├── SpoolError                 the spool cannot be read or written
+    │   └── SpoolFullError         the disk (or the spool's page limit) is full
     └── APIError                   the server, or the way to it, failed
         ├── APIStatusError         a status that is not a success (.status .message .headers)
         │   ├── BadRequestError            400
@@ -37,16 +41,20 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ClosedError",
+    "ConfigurationError",
     "InsecureTransportError",
     "MalformedResponseError",
     "PayloadTooLargeError",
     "QueueFullError",
     "RateLimitedError",
     "ServiceUnavailableError",
+    "SpoolError",
+    "SpoolFullError",
     "TogaiError",
     "UnexpectedStatusError",
     "ValidationError",
-    "error_from_response",
+    "error_from_answer",
 ]
 
 
@@ -64,8 +72,29 @@ class ValidationError(TogaiError, ValueError):
         self.limit = limit
 
 
-class InsecureTransportError(TogaiError):
-    """The bearer token would be sent over plain http to a host that is not loopback."""
+class ConfigurationError(TogaiError, ValueError):
+    """A setting cannot work (a base URL without a scheme or host, a token with a control
+    character, a timeout that is not a finite positive number, ...); raised at construction,
+    before anything is sent."""
+
+
+class InsecureTransportError(ConfigurationError):
+    """The bearer token would travel in clear text: plain http to a host that is not loopback,
+    or through a proxy that is not loopback."""
+
+
+class ClosedError(TogaiError):
+    """The client or background sender was closed (an ``enqueue`` racing ``close`` gets this:
+    its event was not queued), or an ``AsyncClient`` was used from a second event loop."""
+
+
+class SpoolError(TogaiError):
+    """The spool cannot be written or read (permissions, I/O error, a locked file)."""
+
+
+class SpoolFullError(SpoolError):
+    """The disk (or the spool's page limit) is full: the event was not spooled; what was
+    spooled before stays."""
 
 
 class QueueFullError(TogaiError):
@@ -163,12 +192,13 @@ def _server_message(body: bytes) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def error_from_response(response: httpx.Response) -> APIStatusError:
-    """The exception for an answer that is not a success, whatever its body."""
-    body = response.content
-    cls = _BY_STATUS.get(response.status_code, UnexpectedStatusError)
+def error_from_answer(answer: Any) -> APIStatusError:
+    """The exception for an answer (``request.Answer``) that is not a success, whatever its
+    body."""
+    body: bytes = answer.body
+    cls = _BY_STATUS.get(answer.status, UnexpectedStatusError)
     message = _server_message(body)
     if message is None and body:
         snippet = body[:200].decode("utf-8", "replace").strip()
         message = f"(no ErrorResponse body) {snippet}" if snippet else None
-    return cls(response.status_code, message, response.headers, body)
+    return cls(answer.status, message, answer.headers, body)

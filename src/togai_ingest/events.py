@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import math
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -9,9 +11,32 @@ from datetime import UTC, datetime
 from togai_client.models import Event, EventAttribute, EventDimensions
 from togai_client.types import UNSET
 
-__all__ = ["new_event"]
+from .errors import ValidationError
 
-AttributeValue = str | int | float | tuple[str | int | float, str]
+__all__ = ["attribute_value", "new_event"]
+
+Number = int | float | decimal.Decimal
+AttributeValue = str | Number | tuple[str | Number, str]
+
+
+def attribute_value(value: object, where: str = "attribute") -> str:
+    """What the API means by an attribute value: a string as it is, a finite number written
+    out in full (``12.5``, ``1e-07`` -> ``0.0000001``, never ``nan`` or an exponent).
+    Anything else (None, a bool, bytes, a container) is refused with ``ValidationError``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, Number):
+        raise ValidationError(
+            where, f"must be a string or a finite number, not {type(value).__name__}"
+        )
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(where, f"must be a finite number, not {value!r}")
+    exact = decimal.Decimal(repr(value)) if isinstance(value, float) else value
+    if not exact.is_finite():
+        raise ValidationError(where, f"must be a finite number, not {value!r}")
+    return format(exact, "f")
 
 
 def new_event(
@@ -24,18 +49,22 @@ def new_event(
     id: str | None = None,
 ) -> Event:
     """A typed ``Event``: ``id`` defaults to a new UUIDv4 (the idempotency key), ``timestamp``
-    to now in UTC. An attribute is ``value`` or ``(value, unit)``; numbers become strings, as
-    the API wants them.
+    to now in UTC. An attribute is ``value`` or ``(value, unit)``; a value is a string or a
+    finite number (written as a plain decimal string, as the API wants it); anything else
+    raises ``ValidationError`` naming the attribute. Limits are checked when it is sent.
 
     >>> new_event("apiCall", "acct-1", {"requests": 1, "latency": (12.5, "Milliseconds")})
     """
     attrs = []
     for attr_name, spec_value in attributes.items():
         value, unit = spec_value if isinstance(spec_value, tuple) else (spec_value, None)
+        where = f"attributes[{attr_name!r}]"
+        if unit is not None and not isinstance(unit, str):
+            raise ValidationError(f"{where}.unit", f"must be a string, not {type(unit).__name__}")
         attrs.append(
             EventAttribute(
                 attribute_name=attr_name,
-                attribute_value=str(value),
+                attribute_value=attribute_value(value, where),
                 attribute_value_unit=UNSET if unit is None else unit,
             )
         )

@@ -103,19 +103,22 @@ def _duration(seconds: float) -> str:
 
 
 def count_lines(inputs: Sequence[Input]) -> list[int] | None:
-    """Records per input (lines, less a CSV header), when every input is a regular file
-    and their total size is small enough to count quickly; else None."""
+    """Records per input (lines, less a CSV header), when every input is a regular readable
+    file and their total size is small enough to count quickly; else None."""
     if not all(is_regular_file(item.path) for item in inputs):
         return None
-    if sum(os.path.getsize(item.path) for item in inputs) > COUNT_LINES_UP_TO:
+    try:
+        if sum(os.path.getsize(item.path) for item in inputs) > COUNT_LINES_UP_TO:
+            return None
+        counts = []
+        for item in inputs:
+            lines, last = 0, b"\n"
+            with open(item.path, "rb") as stream:
+                while block := stream.read(1 << 20):
+                    lines += block.count(b"\n")
+                    last = block[-1:]
+            lines += last != b"\n"
+            counts.append(max(0, lines - (item.format == "csv")))
+    except OSError:  # gone or unreadable: reading it says so, with the file's name
         return None
-    counts = []
-    for item in inputs:
-        lines, last = 0, b"\n"
-        with open(item.path, "rb") as stream:
-            while block := stream.read(1 << 20):
-                lines += block.count(b"\n")
-                last = block[-1:]
-        lines += last != b"\n"
-        counts.append(max(0, lines - (item.format == "csv")))
     return counts

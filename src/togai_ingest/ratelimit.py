@@ -1,47 +1,335 @@
-"""A client-side request rate limit, shared by threads and asyncio tasks of one process.
+"""Client-side request rate limits: adaptive by default, pluggable, optionally shared.
 
-Each caller reserves the next free time slot (slots are ``1/rate`` apart) and sleeps until
-it; reserving under a lock and sleeping outside it serves threads and asyncio alike, which
-no single well-kept library does for both (aiolimiter is asyncio only). Twenty lines of
-arithmetic beat a dependency here.
+``RateLimiter`` paces requests: each caller reserves the next free time slot (slots are
+``1/rate`` apart) under a lock and sleeps until it outside the lock, which serves threads and
+asyncio tasks alike. Its rate adapts to the server (AIMD, see ``RateLimiter``): the client
+calls ``observe(status, retry_after)`` after every attempt.
+
+Any object with the ``Limiter`` protocol can be passed as ``rate_limit``; ``limiter_from``
+puts it behind an adaptive ``RateLimiter`` so that the server's signals are honoured whatever
+the limiter. ``SharedRateLimit`` (``togai_ingest.shared_limit``) is the one shared by every
+process and host through Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import threading
 import time
+import weakref
+from collections import deque
+from typing import Protocol, runtime_checkable
 
-__all__ = ["RateLimiter"]
+from . import metrics
+from .errors import ConfigurationError
+
+__all__ = ["Limiter", "RateLimiter", "limiter_from"]
+
+log = logging.getLogger("togai_ingest")
+_clock = time.monotonic  # tests replace it
+
+BETA = 0.5
+"""Multiplicative decrease: a throttle halves the rate actually sent."""
+GUARD = 0.25
+"""Throttles this soon after a cut answer requests sent before it: they cut nothing."""
+WINDOW = 2.0
+"""Seconds over which the rate actually sent is measured."""
+MIN_SPAN = 0.1
+"""Fewer seconds of sending than this tell nothing about the rate actually sent."""
+MAX_GAP = 0.5
+"""A gap this long between two requests ends a busy stretch (idle time is not a rate)."""
+PROBE_DOUBLING = 2.0
+"""The additive increase doubles every this many seconds without a throttle (convex probing,
+as CUBIC's: slow right after a cut, faster the longer the server says nothing)."""
+MAX_PAUSE = 60.0
+"""The longest ``Retry-After`` the limiter honours (as ``RetryPolicy.max_retry_after``)."""
+TOO_MANY_REQUESTS = 429
+SERVICE_UNAVAILABLE = 503
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """What a client needs of a rate limiter.
+
+    ``acquire``/``acquire_async`` are called before every attempt; ``observe`` after every
+    attempt with the answer's status (None: no answer, a timeout or a connection error) and
+    its ``Retry-After`` in seconds; a forked child uses ``after_fork()``'s limiter.
+    """
+
+    def acquire(self) -> None: ...
+
+    async def acquire_async(self) -> None: ...
+
+    def observe(self, status: int | None, retry_after: float | None) -> None: ...
+
+    def after_fork(self) -> Limiter: ...
+
+
+def is_throttle(status: int | None, retry_after: float | None) -> bool:
+    """429, or 503 with ``Retry-After``: the server asks for fewer requests."""
+    return status == TOO_MANY_REQUESTS or (
+        status == SERVICE_UNAVAILABLE and retry_after is not None
+    )
 
 
 class RateLimiter:
-    def __init__(self, per_second: float, burst: int = 1) -> None:
-        if per_second <= 0:
-            raise ValueError("per_second must be positive")
+    """Requests paced at an adaptive rate, never above ``per_second``.
+
+    The rate starts at ``per_second`` (a process alone uses the whole quota at once) and
+    follows AIMD, time-based so that it does not depend on latency:
+
+    - on a throttle (429, or 503 with ``Retry-After``) the rate becomes half the rate
+      actually sent over the last ``WINDOW`` seconds (a process held back by its CPU or its
+      concurrency sends below its allowed rate), and no request goes before
+      ``Retry-After`` has passed; a slot reserved before the throttle is given up.
+      Throttles arriving within ``GUARD`` seconds of a cut, or during its pause, answer
+      requests sent before it: they lengthen the pause and cut nothing more.
+    - on every other answer the rate grows by ``increase`` requests/s per second elapsed
+      (default ``per_second / 100``), an increase that doubles every ``PROBE_DOUBLING``
+      seconds without a throttle, up to ``per_second``.
+    - no answer (a timeout, a connection error) changes nothing.
+
+    Several processes that do this without talking to each other converge on equal shares
+    (each cut takes more from the larger rates; each increase adds the same to all).
+    ``adaptive=False`` keeps the rate fixed. ``inner`` is another ``Limiter`` that every
+    request must also pass (after this one's wait), and that sees every ``observe``.
+    """
+
+    def __init__(
+        self,
+        per_second: float,
+        burst: int = 1,
+        *,
+        adaptive: bool = True,
+        increase: float | None = None,
+        min_per_second: float | None = None,
+        inner: Limiter | None = None,
+    ) -> None:
+        per_second = _positive_rate(per_second, "per_second")
         self.per_second = per_second
-        self._interval = 1.0 / per_second
+        self.adaptive = adaptive
+        self.increase = per_second / 100 if increase is None else increase
+        self.min_per_second = (
+            min(per_second, max(0.1, per_second / 100))
+            if min_per_second is None
+            else min_per_second
+        )
+        self.inner = inner
+        self.throttles = 0
+        """Throttles that cut the rate."""
         self._burst = max(1, burst)
-        self._next = 0.0
         self._lock = threading.Lock()
+        self._rate = per_second
+        self._next = 0.0
+        self._not_before = 0.0
+        self._guard_until = -math.inf
+        self._resumed_at = -math.inf
+        self._grown_at = _clock()
+        self._epoch = 0
+        self._slots: deque[float] = deque(maxlen=64)
+        _live.add(self)
+
+    @property
+    def rate(self) -> float:
+        """Requests per second allowed now."""
+        return self._rate
+
+    # -- pacing ---------------------------------------------------------------------------
+
+    def _inner_paces(self) -> bool:
+        """True when ``inner`` keeps the pace now: this limiter then only holds requests back
+        after a throttle (a cut rate, a ``Retry-After``). Two pacers in a row at the same
+        rate lose to each other's jitter."""
+        return self.inner is not None
 
     def _reserve(self) -> float:
-        """Seconds to wait for the reserved slot."""
+        """Seconds to wait for the slot reserved."""
+        return self._reserve_slot()[0]
+
+    def _reserve_slot(self) -> tuple[float, int]:
+        """Seconds to wait for the slot reserved, and the throttle epoch it belongs to."""
         with self._lock:
-            now = time.monotonic()
-            slot = max(self._next, now - (self._burst - 1) * self._interval)
-            self._next = slot + self._interval
-            return slot - now
+            now = _clock()
+            if self._rate >= self.per_second and self._inner_paces():
+                slot = max(now, self._not_before)
+            else:
+                interval = 1.0 / self._rate
+                slot = max(self._next, self._not_before, now - (self._burst - 1) * interval)
+                self._next = slot + interval
+            self._slots.append(slot)
+            return slot - now, self._epoch
+
+    def _pause_left(self) -> float:
+        return self._not_before - _clock()
 
     def acquire(self) -> None:
-        wait = self._reserve()
-        if wait > 0:
-            time.sleep(wait)
+        """Block until one request may go.
+
+        A slot reserved before a throttle is given up: the request waits for the cut rate
+        and the ``Retry-After`` instead of adding to the burst the server refused."""
+        started = _clock()
+        while True:
+            wait, epoch = self._reserve_slot()
+            if wait > 0:
+                time.sleep(wait)
+            if epoch == self._epoch:
+                break
+        if self.inner is not None:
+            self.inner.acquire()
+            if epoch != self._epoch and (pause := self._pause_left()) > 0:
+                time.sleep(pause)
+        metrics.record_throttle_wait(_clock() - started)
 
     async def acquire_async(self) -> None:
-        wait = self._reserve()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        """Wait (without blocking the event loop) until one request may go."""
+        started = _clock()
+        while True:
+            wait, epoch = self._reserve_slot()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if epoch == self._epoch:
+                break
+        if self.inner is not None:
+            await self.inner.acquire_async()
+            if epoch != self._epoch and (pause := self._pause_left()) > 0:
+                await asyncio.sleep(pause)
+        metrics.record_throttle_wait(_clock() - started)
+
+    # -- adapting -------------------------------------------------------------------------
+
+    def observe(self, status: int | None, retry_after: float | None) -> None:
+        """The answer to one attempt: ``status`` (None: none came) and its ``Retry-After``."""
+        if self.inner is not None:
+            self.inner.observe(status, retry_after)
+        if status is None:
+            return
+        now = _clock()
+        with self._lock:
+            if is_throttle(status, retry_after):
+                self._throttled(now, min(MAX_PAUSE, max(0.0, retry_after or 0.0)), status)
+            elif self.adaptive and status < 500:
+                self._succeeded(now)
+
+    def _throttled(self, now: float, pause: float, status: int) -> None:
+        self._epoch += 1
+        if not self.adaptive or now < self._guard_until:
+            # Honoured even when fixed; a guarded throttle only lengthens the pause.
+            if now + pause > self._not_before:
+                self._not_before = now + pause
+                self._resumed_at = max(self._resumed_at, self._not_before)
+                self._grown_at = max(self._grown_at, self._not_before)
+            return
+        self._not_before = max(self._not_before, now + pause)
+        base = min(self._rate, self._measured(now))
+        self._rate = max(self.min_per_second, base * BETA)
+        self._resumed_at = self._not_before
+        self._guard_until = max(self._not_before, now + GUARD)
+        self._grown_at = self._not_before
+        self._next = max(self._next, self._not_before)
+        self.throttles += 1
+        log.info(
+            "rate limit: %d from the server; %.3g requests/s from now on, none for %.3g s",
+            status,
+            self._rate,
+            pause,
+        )
+
+    def _measured(self, now: float) -> float:
+        """Requests/s actually sent in the latest busy stretch (no gap over ``MAX_GAP``)
+        within the last ``WINDOW`` seconds since the last pause: a process held back by its
+        CPU or its concurrency sends below its allowed rate, and is cut from what it sends.
+        ``inf`` when that stretch is too short to tell (under 5 requests or ``MIN_SPAN``)."""
+        since = max(now - WINDOW, self._resumed_at)
+        newest = first = None
+        count = 0
+        for slot in reversed(self._slots):
+            if slot < since or (first is not None and first - slot > MAX_GAP):
+                break
+            newest = slot if newest is None else newest
+            first = slot
+            count += 1
+        if newest is None or first is None or count < 4 or newest - first < MIN_SPAN:
+            return math.inf
+        return (count - 1) / (newest - first)
+
+    def _succeeded(self, now: float) -> None:
+        if now > self._grown_at:
+            if self._rate < self.per_second:
+                calm = max(0.0, now - self._resumed_at) if self.throttles else 0.0
+                step = self.increase * 2.0 ** (calm / PROBE_DOUBLING)
+                grown = self._rate + step * (now - self._grown_at)
+                self._rate = min(self.per_second, grown)
+            self._grown_at = now
+
+    # -- processes ------------------------------------------------------------------------
+
+    def after_fork(self) -> RateLimiter:
+        """A fresh limiter (new lock) for a forked child, at the rate learnt so far."""
+        inner = self.inner.after_fork() if self.inner is not None else None
+        child = RateLimiter(
+            self.per_second,
+            self._burst,
+            adaptive=self.adaptive,
+            increase=self.increase,
+            min_per_second=self.min_per_second,
+            inner=inner,
+        )
+        child._rate = self._rate
+        return child
 
     def __repr__(self) -> str:
-        return f"RateLimiter(per_second={self.per_second}, burst={self._burst})"
+        mode = "adaptive" if self.adaptive else "fixed"
+        inner = f", inner={self.inner!r}" if self.inner is not None else ""
+        return (
+            f"RateLimiter(per_second={self.per_second}, burst={self._burst}, {mode}, "
+            f"rate={self._rate:.3g}{inner})"
+        )
+
+
+_live: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
+
+
+def _current_rates() -> list[float]:
+    return [limiter.rate for limiter in list(_live)]
+
+
+metrics.observe_send_rate(_current_rates)
+
+
+def _positive_rate(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"{name} must be a number of requests per second, not {type(value).__name__}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a finite number of requests per second > 0")
+    return float(value)
+
+
+def limiter_from(rate_limit: float | Limiter | None, *, quota: float) -> Limiter | None:
+    """The limiter a client uses for its ``rate_limit=`` setting.
+
+    - a number: an adaptive ``RateLimiter`` that never goes above that many requests/s;
+    - ``None``: no limit;
+    - a ``RateLimiter`` (or ``SharedRateLimit``): itself;
+    - any other object with the ``Limiter`` protocol: behind an adaptive ``RateLimiter``
+      capped at ``quota``, so that 429s and ``Retry-After`` are honoured whatever it does
+      (it keeps the pace; the wrapper holds requests back only after a throttle).
+
+    Raises ``ConfigurationError`` for anything else, and for a rate that is not a finite
+    number above 0.
+    """
+    if rate_limit is None:
+        return None
+    if isinstance(rate_limit, RateLimiter):
+        return rate_limit
+    if isinstance(rate_limit, int | float) and not isinstance(rate_limit, bool):
+        return RateLimiter(_positive_rate(rate_limit, "rate_limit"))
+    if isinstance(rate_limit, Limiter):
+        return RateLimiter(_positive_rate(quota, "quota"), inner=rate_limit)
+    raise ConfigurationError(
+        "rate_limit must be requests per second, None, or a limiter with acquire, "
+        f"acquire_async, observe and after_fork; not {type(rate_limit).__name__}"
+    )

@@ -19,6 +19,12 @@ the file.
 - Ids: an event without ``id`` gets a UUIDv5 of its content (canonical JSON without the id,
   with the timestamp as a UTC instant). Re-running a file yields the same ids, so Togai
   meters each event once; two identical records are one event.
+- One record never stops a file: what cannot be read (not UTF-8, not JSON, nested too deep, a
+  time out of range, a line over ``MAX_LINE_BYTES``, a CSV cell over the csv module's field
+  limit, bad CSV quoting) is an invalid record with its line. A quoted CSV cell that is never
+  closed is an error on the line where it was opened, and reading goes on from the next line.
+  Only what spoils a whole input (it cannot be opened or read, a bad CSV header) raises
+  ``InputError``.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import sys
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal, NamedTuple
@@ -40,11 +48,12 @@ from typing import IO, Any, Literal, NamedTuple
 from dateutil import parser as dateutil_parser
 
 from .errors import ValidationError
-from .validation import to_wire
+from .validation import EncodedEvent, encode_event
 
 __all__ = [
     "FORMATS",
     "ID_NAMESPACE",
+    "MAX_LINE_BYTES",
     "START",
     "Format",
     "Input",
@@ -73,6 +82,14 @@ _MILLISECONDS_FROM = 1e11
 _FIXED_COLUMNS = ("eventName", "id", "eventTimestamp", "accountId")
 _REQUIRED_COLUMNS = ("eventName", "eventTimestamp", "accountId")
 _ENVELOPE_KINDS = frozenset({"rejected", "failed", "invalid"})
+_BOM = b"\xef\xbb\xbf"
+
+MAX_LINE_BYTES = 1024 * 1024
+"""The longest line (JSON Lines) or CSV record read: longer ones are invalid records, read
+past in pieces, so one huge line never holds more than this in memory. An event the API
+accepts is a few KiB at most."""
+_RAW_KEPT = 64 * 1024
+"""Characters of an unreadable record's text kept for the rejected file."""
 
 
 class InputError(Exception):
@@ -109,7 +126,8 @@ class Record:
     """``file:line`` of the record's first line."""
     end: Position
     """Where the next record starts."""
-    event: dict[str, Any] | None = None
+    event: EncodedEvent | None = None
+    """The valid event, validated and encoded (``event.wire()`` is its wire form)."""
     problem: str | None = None
     raw: Any = None
     """What was read, for the rejected file: the object in wire form, or the line's text."""
@@ -132,21 +150,29 @@ def parse_zone(name: str) -> dt.tzinfo:
     if match := _OFFSET.fullmatch(name.strip()):
         sign, hours, minutes = match.groups()
         delta = dt.timedelta(hours=int(hours), minutes=int(minutes))
-        return dt.timezone(-delta if sign == "-" else delta)
+        try:
+            return dt.timezone(-delta if sign == "-" else delta)
+        except ValueError:
+            raise ValueError(f"offset {name!r} is not less than 24 hours") from None
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(
             f"unknown time zone {name!r} (use UTC, +02:00 or e.g. Europe/Berlin)"
         ) from None
 
 
-def _from_epoch(seconds: float) -> dt.datetime:
+def _from_epoch(seconds: float, shown: object) -> dt.datetime:
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a Unix time: {shown!r}")
     if abs(seconds) >= _MILLISECONDS_FROM:
         seconds /= 1000.0
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"Unix time {shown!r} is out of range (years 1 to 9999)") from None
 
 
 def _with_dateutil(text: str) -> dt.datetime:
@@ -171,10 +197,13 @@ def _parse_timestamp(value: object, zone: dt.tzinfo | None) -> dt.datetime:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"must be a string, not {type(value).__name__}")
     if not isinstance(value, str):
-        return _from_epoch(float(value))
+        try:
+            return _from_epoch(float(value), value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError("Unix time out of range (years 1 to 9999)") from None
     text = value.strip()
     if _EPOCH.fullmatch(text):
-        return _from_epoch(float(text))
+        return _from_epoch(float(text), value)
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -189,13 +218,30 @@ def _parse_timestamp(value: object, zone: dt.tzinfo | None) -> dt.datetime:
     return parsed
 
 
+def _in_utc(parsed: dt.datetime, shown: object) -> dt.datetime:
+    """``parsed`` as UTC; ``ValueError`` when that leaves the years 1 to 9999 (9999-12-31
+    at 23:00-05:00 is in the year 10000 in UTC: no event time, and no id can be derived)."""
+    try:
+        return parsed.astimezone(dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        raise ValueError(f"{shown!r} is out of range in UTC (years 1 to 9999)") from None
+
+
 def normalise_timestamp(value: object, zone: dt.tzinfo | None = None) -> str:
     """An RFC 3339 string as it is; anything else parsed and written as ISO 8601 with its
-    offset. Raises ``ValueError`` (with the reason) for what cannot be read, and for a
-    time without an offset when ``zone`` is None."""
+    offset. Raises ``ValueError`` (with the reason) for what cannot be read, for a time
+    that is out of range in UTC, and for a time without an offset when ``zone`` is None."""
     if isinstance(value, str) and _RFC3339.fullmatch(value):
+        if value.startswith(("0001-", "9999-")):  # only these can leave the range in UTC
+            try:
+                parsed = dt.datetime.fromisoformat(value)
+            except ValueError:
+                return value  # e.g. month 13: the document's date-time format names it
+            _in_utc(parsed, value)
         return value
-    return _parse_timestamp(value, zone).isoformat()
+    parsed = _parse_timestamp(value, zone)
+    _in_utc(parsed, value)
+    return parsed.isoformat()
 
 
 def _utc_instant(value: object) -> object:
@@ -204,9 +250,9 @@ def _utc_instant(value: object) -> object:
         return value
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.astimezone(dt.UTC).isoformat() if parsed.tzinfo else value
+    except (ValueError, OverflowError):
         return value
-    return parsed.astimezone(dt.UTC).isoformat() if parsed.tzinfo else value
 
 
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
@@ -215,7 +261,8 @@ _NAMESPACE_BYTES = ID_NAMESPACE.bytes
 
 def event_id(event: Mapping[str, Any]) -> str:
     """The content-derived id: UUIDv5 of the canonical JSON of ``event`` without its id
-    (``str(uuid.uuid5(ID_NAMESPACE, canonical))``, computed without building a ``UUID``)."""
+    (``str(uuid.uuid5(ID_NAMESPACE, canonical))``, computed without building a ``UUID``).
+    Raises ``ValueError`` or ``RecursionError`` for content JSON cannot express."""
     content = {key: value for key, value in event.items() if key != "id"}
     if "eventTimestamp" in content:
         content["eventTimestamp"] = _utc_instant(content["eventTimestamp"])
@@ -233,7 +280,8 @@ def event_id(event: Mapping[str, Any]) -> str:
 def _complete(
     read: object, source: str, end: Position, zone: dt.tzinfo | None, where: str
 ) -> Record:
-    """A parsed object -> a valid event (timestamp normalised, id derived) or a problem."""
+    """A parsed object -> a valid event (timestamp normalised, id derived, validated and
+    encoded) or a problem."""
     if not isinstance(read, dict):
         return Record(source, end, problem=f"must be a JSON object, not {_kind(read)}", raw=read)
     event = dict(read)
@@ -243,12 +291,17 @@ def _complete(
         except ValueError as error:
             return Record(source, end, problem=f"{where}.eventTimestamp: {error}", raw=read)
     if event.get("id") in (None, ""):
-        event["id"] = event_id(event)
+        try:
+            event["id"] = event_id(event)
+        except RecursionError:
+            return Record(source, end, problem=f"{where}: nested too deep", raw=read)
+        except ValueError as error:
+            return Record(source, end, problem=f"{where}: cannot derive an id: {error}", raw=read)
     try:
-        wire = to_wire(event, where)
+        encoded = encode_event(event, where)
     except ValidationError as error:
         return Record(source, end, problem=str(error), raw=read)
-    return Record(source, end, event=wire)
+    return Record(source, end, event=encoded)
 
 
 def _kind(value: object) -> str:
@@ -260,6 +313,16 @@ def _is_kind(value: object) -> bool:
     return isinstance(value, str) and value in _ENVELOPE_KINDS
 
 
+def _json(text: str) -> tuple[object, str | None]:
+    """``text`` parsed, or why it is not JSON."""
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return text, "not JSON: nested too deep"
+    except ValueError as error:
+        return text, f"not JSON: {error}"
+
+
 def _unwrap(read: object) -> tuple[object, str | None]:
     """A rejected file's envelope -> its ``event`` (parsed if it is a line's raw text)."""
     if not (isinstance(read, dict) and "event" in read and _is_kind(read.get("kind"))):
@@ -267,63 +330,181 @@ def _unwrap(read: object) -> tuple[object, str | None]:
     inner = read["event"]
     if not isinstance(inner, str):
         return inner, None
-    try:
-        return json.loads(inner), None
-    except ValueError as error:
-        return inner, f"not JSON: {error}"
+    return _json(inner)
+
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, size)`` for every line of ``stream``; ``line`` is None for a line longer than
+    ``MAX_LINE_BYTES``, which is read past in pieces (``size`` counts all of it)."""
+    readline = stream.readline
+    while raw := readline(MAX_LINE_BYTES + 1):
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        size = len(raw)
+        while raw and not raw.endswith(b"\n"):
+            raw = readline(64 * 1024)
+            size += len(raw)
+        yield None, size
+
+
+def _too_long(size: int) -> str:
+    return f"longer than {MAX_LINE_BYTES:,} bytes ({size:,} bytes)"
 
 
 def _jsonl(
     stream: IO[bytes], name: str, start: Position, zone: dt.tzinfo | None
 ) -> Iterator[Record]:
     offset, line = start.offset, start.line
-    for raw in stream:
-        offset += len(raw)
+    for raw, size in _lines(stream):
+        offset += size
         line += 1
         end = Position(start.file, offset, line)
         source = f"{name}:{line}"
+        if raw is None:
+            yield Record(source, end, problem=f"the line is {_too_long(size)}")
+            continue
         if line == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
+            raw = raw.removeprefix(_BOM)
         try:
             text = raw.decode("utf-8").strip()
         except UnicodeDecodeError as error:
             text = raw.decode("utf-8", "replace").strip()
-            yield Record(source, end, problem=f"not valid UTF-8: {error.reason}", raw=text)
+            reason = f"not valid UTF-8: {error.reason} at byte {error.start + 1}"
+            yield Record(source, end, problem=reason, raw=text)
             continue
         if not text:
             continue
-        try:
-            read: object = json.loads(text)
-        except ValueError as error:
-            yield Record(source, end, problem=f"not JSON: {error}", raw=text)
-            continue
-        read, problem = _unwrap(read)
+        read, problem = _json(text)
+        if problem is None:
+            read, problem = _unwrap(read)
         if problem is not None:
             yield Record(source, end, problem=problem, raw=read)
             continue
         yield _complete(read, source, end, zone, "event")
 
 
+class _TooLong(Exception):
+    """A CSV line or record over ``MAX_LINE_BYTES``: raised through ``csv.reader``."""
+
+
 class _CsvLines:
-    """Decoded lines for ``csv.reader``, counting bytes and lines as it hands them out."""
+    """Decoded lines for ``csv.reader``, counting bytes and lines as it hands them out, and
+    keeping the raw lines of the record being read (at most ``MAX_LINE_BYTES``) so that it
+    can be read again from its second line (``again``) when it turns out to be broken."""
 
     def __init__(self, stream: IO[bytes], start: Position) -> None:
-        self._stream = stream
+        self._source = _lines(stream)
+        self._again: deque[tuple[bytes | None, int]] = deque()
         self.offset = start.offset
         self.line = start.line
+        self.first = (self.offset, self.line)
+        self.record: list[tuple[bytes | None, int]] = []
+        self.record_size = 0
         self.bad_utf8 = False
+        self.at_end = False
+        self.problem = ""
+
+    def begin(self) -> None:
+        """A new record starts with the next line."""
+        self.first = (self.offset, self.line)
+        self.record.clear()
+        self.record_size = 0
+        self.bad_utf8 = False
+        self.at_end = False
+
+    def again(self) -> None:
+        """Read the current record's lines after its first one again; the counts go back to
+        the end of its first line."""
+        self._again.extendleft(reversed(self.record[1:]))
+        self.offset, self.line = self.first[0] + self.record[0][1], self.first[1] + 1
+        del self.record[1:]
+
+    def text(self) -> str:
+        """The current record's text (shortened), for the rejected file."""
+        kept = b"".join(raw for raw, _ in self.record if raw is not None)[:_RAW_KEPT]
+        return kept.decode("utf-8", "replace").rstrip("\r\n")
 
     def __iter__(self) -> Iterator[str]:
-        for raw in self._stream:
-            self.offset += len(raw)
+        while True:
+            if self._again:
+                raw, size = self._again.popleft()
+            else:
+                item = next(self._source, None)
+                if item is None:
+                    self.at_end = True
+                    return
+                raw, size = item
+            self.offset += size
             self.line += 1
+            self.record.append((raw, size))
+            self.record_size += size
+            if raw is None:
+                raise _TooLong(f"the line is {_too_long(size)}")
+            if self.record_size > MAX_LINE_BYTES:
+                raise _TooLong(f"the record is {_too_long(self.record_size)}")
             if self.line == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
+                raw = raw.removeprefix(_BOM)
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError:
                 self.bad_utf8 = True
                 yield raw.decode("utf-8", "replace")
+
+
+def _csv_reader(lines: _CsvLines) -> Iterator[list[str]]:
+    # strict: a quote that is never closed is an error at the end of the file (not a last
+    # row holding the rest of the file), and so is a stray quote after a closing one (an
+    # unclosed quote running into the next quoted cell, instead of merging the rows).
+    return csv.reader(iter(lines), strict=True)
+
+
+def _csv_problem(error: Exception, lines: _CsvLines) -> str:
+    """What a ``csv.Error`` or ``_TooLong`` means for the record being read."""
+    spans = len(lines.record) > 1
+    if lines.at_end:
+        problem = "a quoted cell opened here is never closed (the file ends inside it)"
+        return problem + ("; the lines after this one are read as rows" if spans else "")
+    if isinstance(error, _TooLong):
+        what = str(error)
+    elif "field larger than field limit" in str(error):
+        what = f"a cell is longer than {csv.field_size_limit():,} characters"
+    else:
+        what = f"bad CSV quoting: {error} (a quote inside a quoted cell is written twice)"
+    if not spans:
+        return what
+    return (
+        f"is a quote opened here left unclosed? the record runs to line {lines.line}, where "
+        f"{what}; the lines after this one are read as rows"
+    )
+
+
+def _csv_records(
+    lines: _CsvLines, name: str, file: int
+) -> Iterator[tuple[str, Position, list[str] | None, str]]:
+    """``(source, end, row, text)`` for every record: its cells, or (``row`` None) its text
+    and, in ``lines.problem``, why it cannot be read. A broken record that spans lines (an
+    unclosed quote swallowing the rows after it) is a problem on its first line, and reading
+    goes on from its second line."""
+    rows = _csv_reader(lines)
+    while True:
+        lines.begin()
+        source = f"{name}:{lines.line + 1}"
+        try:
+            row = next(rows, None)
+        except (csv.Error, _TooLong) as error:
+            lines.problem = _csv_problem(error, lines)
+            if len(lines.record) > 1:
+                text = lines.text().partition("\n")[0]
+                lines.again()
+            else:
+                text = lines.text()
+            rows = _csv_reader(lines)  # a fresh reader: nothing of the broken record is left
+            yield source, Position(file, lines.offset, lines.line), None, text
+            continue
+        if row is None:
+            return
+        yield source, Position(file, lines.offset, lines.line), row, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,32 +574,21 @@ def _padded(row: list[str], width: int) -> Any:
 
 
 def _csv(stream: IO[bytes], name: str, start: Position, zone: dt.tzinfo | None) -> Iterator[Record]:
-    counter = _CsvLines(stream, Position(start.file, 0, 0))
-    lines = iter(counter)
-    try:
-        header = next(csv.reader(lines), None)
-    except csv.Error as error:
-        raise InputError(f"{name}:{counter.line}: {error}") from None
+    lines = _CsvLines(stream, Position(start.file, 0, 0))
+    header = next(_csv_records(lines, name, start.file), None)
     if header is None:
         return
-    plan = _CsvPlan.of(header, name)
-    if start.offset > counter.offset:  # resuming: skip to where the last run got
+    source, _, columns, _ = header
+    if columns is None:
+        raise InputError(f"{source}: the header cannot be read: {lines.problem}")
+    plan = _CsvPlan.of(columns, name)
+    if start.offset > lines.offset:  # resuming: skip to where the last run got
         stream.seek(start.offset)
-        counter = _CsvLines(stream, start)
-        lines = iter(counter)
-    rows = csv.reader(lines)
-    while True:
-        first_line = counter.line + 1
-        try:
-            row = next(rows, None)
-        except csv.Error as error:
-            raise InputError(f"{name}:{counter.line}: {error}") from None
+        lines = _CsvLines(stream, start)
+    for source, end, row, text in _csv_records(lines, name, start.file):
         if row is None:
-            return
-        end = Position(start.file, counter.offset, counter.line)
-        source = f"{name}:{first_line}"
-        if counter.bad_utf8:
-            counter.bad_utf8 = False
+            yield Record(source, end, problem=lines.problem, raw=text)
+        elif lines.bad_utf8:
             yield Record(source, end, problem="not valid UTF-8", raw=",".join(row))
         elif len(row) > plan.width:
             problem = f"the row has {len(row)} cells, the header {plan.width}"

@@ -1,16 +1,17 @@
-"""One request: authentication, the body of a batch, and what an answer means.
+"""One request: authentication, the body of a batch, reading an answer, and what it means.
 
-Free of I/O, so the sync and async clients and the background sender share every decision.
+Free of I/O decisions, so the sync and async clients share every one of them.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import copy
 import logging
-from collections.abc import Generator, Sequence
+import re
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import orjson
@@ -19,46 +20,145 @@ from .errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
-    InsecureTransportError,
+    ConfigurationError,
     MalformedResponseError,
     ValidationError,
-    error_from_response,
+    error_from_answer,
 )
 from .results import BatchOutcome, FailedEvent, InvalidEvent, RejectedEvent
-from .validation import EventLike, to_wire
+from .transport import check_route
+from .validation import EncodedEvent, EventLike, encode_event
 
-__all__ = ["BearerAuth", "PreparedBatch", "check_transport", "encode", "prepare", "read_batch"]
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "Answer",
+    "Batch",
+    "BearerAuth",
+    "Redactor",
+    "encode",
+    "read_batch",
+    "read_capped",
+    "scrub_logs",
+    "transport_error",
+]
 
 log = logging.getLogger("togai_ingest")
 
+MAX_RESPONSE_BYTES = 1 << 20
+"""At most this many bytes of an answer are read (1 MiB; a full 207 of 100 rejected events
+at the document's limits is well under it); the rest is never read into memory."""
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+_BEARER = re.compile(r"(?i)(bearer)(\s+|\\x20|%20)[^\s'\",)\]}]+")
+
+
+class Redactor:
+    """Removes the token from any text or bytes that could echo it (an h11 error quoting a
+    header value, a hostile server's body), and any ``Bearer <credential>``."""
+
+    def __init__(self, token: str) -> None:
+        self._texts = sorted({token, repr(token)[1:-1], token.encode().hex()}, key=len)[::-1]
+
+    def text(self, value: str) -> str:
+        for secret in self._texts:
+            if secret:
+                value = value.replace(secret, "<redacted>")
+        return _BEARER.sub(r"\1 <redacted>", value)
+
+    def data(self, value: bytes) -> bytes:
+        for secret in self._texts:
+            if secret:
+                value = value.replace(secret.encode("utf-8", "replace"), b"<redacted>")
+        return value
+
+    def error(self, error: APIError) -> APIError:
+        """``error`` with every text it carries redacted (in place)."""
+        error.args = tuple(self.text(a) if isinstance(a, str) else a for a in error.args)
+        for name in ("message",):
+            value = getattr(error, name, None)
+            if isinstance(value, str):
+                setattr(error, name, self.text(value))
+        body = getattr(error, "body", None)
+        if isinstance(body, bytes):
+            error.body = self.data(body)  # type: ignore[attr-defined]
+        headers = getattr(error, "headers", None)
+        if isinstance(headers, httpx.Headers):
+            error.headers = httpx.Headers(  # type: ignore[attr-defined]
+                [(k, self.text(v)) for k, v in headers.multi_items()]
+            )
+        return error
+
+
+class _LogScrubber(logging.Filter):
+    """Redacts every live client's token from the records of httpx and httpcore, whose DEBUG
+    logs print response headers (a hostile server can echo the token in one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redactors: dict[str, Redactor] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.redactors:
+            return True
+        text = record.getMessage()
+        scrubbed = text
+        for redactor in list(self.redactors.values()):
+            scrubbed = redactor.text(scrubbed)
+        if scrubbed != text:
+            record.msg, record.args = scrubbed, ()
         return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
-def check_transport(url: httpx.URL, allow_insecure_http: bool) -> None:
-    """Refuse to send the token over plain http, except to loopback or when allowed."""
-    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
-        raise InsecureTransportError(
-            f"refusing to send the API token over plain http to {url.host}; use https, "
-            "or pass allow_insecure_http=True"
-        )
+_SCRUBBER = _LogScrubber()
+_SCRUBBED_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "togai_ingest",
+)
+
+
+def scrub_logs(token: str) -> Redactor:
+    """The token's redactor, also applied to the records of httpx, httpcore and this package."""
+    redactor = _SCRUBBER.redactors.get(token)
+    if redactor is None:
+        redactor = _SCRUBBER.redactors[token] = Redactor(token)
+        for name in _SCRUBBED_LOGGERS:
+            logger = logging.getLogger(name)
+            if _SCRUBBER not in logger.filters:
+                logger.addFilter(_SCRUBBER)
+    return redactor
+
+
+def check_token(token: object) -> str:
+    """The token, with surrounding whitespace removed (a token file ending in CRLF); refused
+    if it holds anything that cannot go in an HTTP header. Never echoes the token."""
+    if not isinstance(token, str):
+        raise ConfigurationError(f"the API token must be a string, not {type(token).__name__}")
+    stripped = token.strip()
+    if not stripped:
+        raise ConfigurationError("the API token is empty")
+    for position, char in enumerate(stripped):
+        if not 0x21 <= ord(char) <= 0x7E:
+            raise ConfigurationError(
+                f"the API token has a character that cannot go in an HTTP header at "
+                f"position {position} (only visible ASCII is allowed)"
+            )
+    return stripped
 
 
 class BearerAuth(httpx.Auth):
-    """``Authorization: Bearer <token>``; the token never shows in a repr, log or error."""
+    """``Authorization: Bearer <token>`` on a route that keeps it secret; the token never
+    shows in a repr, log or error."""
 
-    def __init__(self, token: str, allow_insecure_http: bool = False) -> None:
-        self._token = token
+    def __init__(self, token: str, proxy: str | None, allow_insecure_http: bool = False) -> None:
+        self._token = check_token(token)
+        self._proxy = proxy
         self._allow_insecure_http = allow_insecure_http
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        check_transport(request.url, self._allow_insecure_http)
+        check_route(request.url, self._proxy, self._allow_insecure_http)
         request.headers["Authorization"] = f"Bearer {self._token}"
         yield request
 
@@ -67,68 +167,98 @@ class BearerAuth(httpx.Auth):
 
 
 def encode(payload: Any) -> bytes:
-    """Compact UTF-8 JSON, the bytes httpx's ``json=`` writes, with orjson: several times
-    faster than the standard library's encoder, which matters at a million events."""
+    """Compact UTF-8 JSON with orjson: several times faster than the standard library."""
     return orjson.dumps(payload)
 
 
-def transport_error(exc: httpx.TransportError, what: str) -> APIError:
-    """httpx's exception -> ours (the message names the request, never the headers)."""
+def transport_error(exc: Exception, what: str, redactor: Redactor) -> APIError:
+    """httpx's exception -> ours; the text is redacted (h11 quotes bad header values)."""
     if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"{what} timed out ({type(exc).__name__})")
-    return APIConnectionError(f"{what} failed: {type(exc).__name__}: {exc}")
+        return APITimeoutError(
+            f"{what} timed out ({type(exc).__name__}: {redactor.text(str(exc))})"
+        )
+    return APIConnectionError(f"{what} failed: {type(exc).__name__}: {redactor.text(str(exc))}")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response, read: status, headers, and at most ``MAX_RESPONSE_BYTES`` of body."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool = False
+
+
+def read_capped(chunks: Iterable[bytes], cap: int = MAX_RESPONSE_BYTES) -> tuple[bytes, bool]:
+    """The first ``cap`` bytes of ``chunks``, and whether there was more (not read)."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(parts)[:cap], True
+    return b"".join(parts), False
 
 
 @dataclass(slots=True)
-class PreparedBatch:
+class Batch:
     """A slice of the input, validated and encoded: ready to send, or to split."""
 
     start: int
     count: int
     indexes: list[int] = field(default_factory=list)
-    events: list[Any] = field(default_factory=list)
-    wire: list[dict[str, Any]] = field(default_factory=list)
+    events: list[EncodedEvent] = field(default_factory=list)
     invalid: list[InvalidEvent] = field(default_factory=list)
 
+    def add(self, event: EventLike) -> None:
+        """Read one more event of the input: validated and encoded now (a snapshot of it as
+        it is at this moment), or reported invalid at its index and not sent."""
+        index = self.start + self.count
+        self.count += 1
+        try:
+            encoded = encode_event(event, f"events[{index}]")
+        except ValidationError as error:
+            self.invalid.append(InvalidEvent(index, _snapshot(event), error))
+            return
+        self.indexes.append(index)
+        self.events.append(encoded)
+
     def body(self) -> bytes:
-        return encode({"events": self.wire})
+        return b'{"events":[' + b",".join(e.json for e in self.events) + b"]}"
 
     def outcome(self) -> BatchOutcome:
         return BatchOutcome(self.start, self.count, invalid=list(self.invalid))
 
-    def halves(self) -> list[PreparedBatch]:
-        mid = len(self.wire) // 2
+    def halves(self) -> list[Batch]:
+        mid = len(self.events) // 2
         return [
-            PreparedBatch(self.start, 0, self.indexes[part], self.events[part], self.wire[part])
+            Batch(self.start, 0, self.indexes[part], self.events[part])
             for part in (slice(None, mid), slice(mid, None))
         ]
 
     def fail(self, outcome: BatchOutcome, error: APIError) -> None:
         outcome.failed.extend(
-            FailedEvent(i, e, error) for i, e in zip(self.indexes, self.events, strict=True)
+            FailedEvent(i, e.wire(), error) for i, e in zip(self.indexes, self.events, strict=True)
         )
 
 
-def prepare(chunk: Sequence[EventLike], start: int, validated: bool = False) -> PreparedBatch:
-    """Validate every event of ``chunk`` (input positions from ``start``); ``validated``: the
-    events are wire dicts that already went through ``to_wire``."""
-    if validated:
-        wires = cast(list[dict[str, Any]], list(chunk))
-        return PreparedBatch(
-            start, len(wires), list(range(start, start + len(wires))), wires, wires
-        )
-    batch = PreparedBatch(start, len(chunk))
-    for offset, event in enumerate(chunk):
-        index = start + offset
-        try:
-            wire = to_wire(event, f"events[{index}]")
-        except ValidationError as error:
-            batch.invalid.append(InvalidEvent(index, event, error))
-            continue
-        batch.indexes.append(index)
-        batch.events.append(event)
-        batch.wire.append(wire)
-    return batch
+def encoded_batch(events: Sequence[EncodedEvent], indexes: Sequence[int] | None) -> Batch:
+    """A batch of events encoded already (the background sender's), at ``indexes``."""
+    positions = list(range(len(events))) if indexes is None else list(indexes)
+    if len(positions) != len(events):
+        raise ValueError("indexes and events differ in length")
+    start = positions[0] if positions else 0
+    return Batch(start, len(events), positions, list(events))
+
+
+def _snapshot(event: Any) -> Any:
+    """A copy of an invalid event for the report (the event itself if it cannot be copied)."""
+    try:
+        return copy.deepcopy(event)
+    except Exception:  # any object: a report must not fail on it
+        return event
 
 
 def _errors_of(body: bytes) -> list[dict[str, Any]] | None:
@@ -143,43 +273,52 @@ def _errors_of(body: bytes) -> list[dict[str, Any]] | None:
     return errors
 
 
-def read_batch(batch: PreparedBatch, response: httpx.Response, outcome: BatchOutcome) -> None:
-    """Record the answer to ``batch`` in ``outcome``; raise the APIError of a failed request.
+def read_batch(
+    batch: Batch, answer: Answer, outcome: BatchOutcome, success: Callable[[int], bool]
+) -> None:
+    """Record the answer to ``batch`` in ``outcome``, or raise the APIError it means.
 
-    A 202 means every event was accepted, whatever its body. A 207 lists the rejected events;
-    a 207 whose body cannot be read is a ``MalformedResponseError`` (retried: the ids make a
-    re-send safe). Any other status raises the error of its status.
+    Only the document's success statuses count (``success``): 202 means every event was
+    accepted; 207 lists the rejected events, each matched to an event of the batch by its id.
+    A 207 that cannot be read, or that names an event not in the batch (or none), is a
+    ``MalformedResponseError``: which events were accepted is unknown, so the batch is sent
+    again (ids make that safe) and, if that keeps happening, failed. Any other status,
+    2xx included (a proxy's 200 page, a 204), raises the error of its status.
     """
-    status = response.status_code
-    if not HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES:
-        raise error_from_response(response)
-    errors = _errors_of(response.content)
+    if not success(answer.status):
+        raise error_from_answer(answer)
+    errors = None if answer.truncated else _errors_of(answer.body)
     if errors is None:
-        if status == HTTPStatus.MULTI_STATUS:
-            raise MalformedResponseError(status, "unreadable list of rejected events")
-        if response.content:
-            log.debug("HTTP %d with an unreadable body; every event accepted", status)
+        if answer.status != HTTPStatus.ACCEPTED:  # 207 and others must list the rejected
+            raise MalformedResponseError(
+                answer.status, "unreadable list of rejected events", answer.body[:200]
+            )
+        if answer.body:
+            log.debug("HTTP %d with an unreadable body; every event accepted", answer.status)
         errors = []
-    if not errors:
-        outcome.accepted += len(batch.wire)
-        return
     pending: dict[str, list[int]] = {}
-    for position, wire in enumerate(batch.wire):
-        pending.setdefault(wire["id"], []).append(position)
-    rejected_positions: set[int] = set()
+    for position, event in enumerate(batch.events):
+        pending.setdefault(event.id, []).append(position)
+    rejected: list[tuple[int, str]] = []
     for error in errors:
         message = error.get("message")
-        message = message if isinstance(message, str) else "rejected (no message)"
         payload = error.get("eventPayload")
         event_id = payload.get("id") if isinstance(payload, dict) else None
         positions = pending.get(event_id) if isinstance(event_id, str) else None
-        if positions:
-            position = positions.pop(0)
-            rejected_positions.add(position)
-            outcome.rejected.append(
-                RejectedEvent(batch.indexes[position], batch.events[position], message)
+        if not positions:
+            raise MalformedResponseError(
+                answer.status,
+                "the server rejected an event it does not identify as one of the batch "
+                f"(message: {str(message)[:200]!r})",
+                answer.body[:200],
             )
-        else:
-            log.warning("the server rejected an event that was not in the batch: %s", message)
-            outcome.rejected.append(RejectedEvent(-1, payload, message))
-    outcome.accepted += len(batch.wire) - len(rejected_positions)
+        rejected.append((positions.pop(0), message if isinstance(message, str) else ""))
+    for position, message in rejected:
+        outcome.rejected.append(
+            RejectedEvent(
+                batch.indexes[position],
+                batch.events[position].wire(),
+                message or "rejected (no message)",
+            )
+        )
+    outcome.accepted += len(batch.events) - len(rejected)

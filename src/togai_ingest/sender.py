@@ -1,78 +1,149 @@
 """``BackgroundSender``: ``enqueue(event)`` returns at once; a worker thread delivers.
 
-Segment's analytics-python shape (client, consumer, request), with what it lacks for billing:
-no event is dropped silently. A full queue blocks (with a timeout) or raises; ``flush`` and
-``close`` drain the queue and report what could not be delivered; the sender drains at
-interpreter exit; a forked child gets a fresh, working sender.
+Segment's analytics-python shape (client, consumer, request), in three parts:
+
+- the application side (``BackgroundSender``: ``enqueue``, ``flush``, ``close``) validates and
+  encodes each event into an immutable snapshot and keeps the books: every event it queued
+  ends in exactly one report (accepted, rejected, failed, undelivered, in flight, or still
+  spooled), and ``flush``/``close`` name every unconfirmed event by id;
+- the worker (``_Worker``) takes a batch from the queue, delivers it with
+  ``Client.send_encoded`` and acknowledges or releases it;
+- the queue (``queues.EventQueue``): ``MemoryQueue`` by default, ``spool.SpoolQueue`` with
+  ``spool_path=``. The worker does not know which one it drives.
+
+In memory, a batch that fails after its retries is reported failed (``on_failed``). In a spool
+it stays spooled and is tried again with backoff: an outage loses nothing. A refused token
+(401): in memory the batch is reported failed; in a spool the events stay spooled and the
+worker waits at least a minute before trying again (an ERROR log says why), rather than
+failing every batch one after the other.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
+import math
 import os
-import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Self
 
+from . import metrics
 from .client import Client
-from .errors import APIError, QueueFullError, TogaiError
-from .request import PreparedBatch
+from .errors import (
+    APIError,
+    ClosedError,
+    ConfigurationError,
+    QueueFullError,
+    SpoolError,
+    SpoolFullError,
+    TogaiError,
+    ValidationError,
+)
+from .queues import EventQueue, Item, MemoryQueue
 from .results import BatchOutcome, FailedEvent, RejectedEvent
-from .validation import EventLike, to_wire
+from .retry import is_fatal
+from .spool import Durability, SpoolQueue
+from .validation import EncodedEvent, EventLike, encode_event
 
-__all__ = ["BackgroundSender", "DeliveryReport"]
+__all__ = [
+    "BackgroundSender",
+    "ClosedError",
+    "DeliveryReport",
+    "SpoolError",
+    "SpoolFullError",
+]
 
 log = logging.getLogger("togai_ingest")
 
-_STOP = object()
 WhenFull = Literal["block", "raise"]
+FATAL_PAUSE = 60.0
+"""Seconds a spooling worker waits after the token was refused."""
+SHARED_WAIT = 2.0
+"""Seconds ``close`` waits for its events that another process sharing the spool took."""
 
 
 @dataclass(slots=True)
 class DeliveryReport:
-    """What the sender could not deliver since the last report.
+    """What happened to this sender's events since the last report.
 
-    ``undelivered`` are events never sent (``close`` timed out); ``in_flight`` counts events
-    whose request was still running when ``flush``/``close`` gave up waiting.
+    ``accepted``: a count. ``rejected``/``failed``: final outcomes (the event is a wire-dict
+    snapshot). ``undelivered``: events never sent (``close`` gave up; in memory only).
+    ``in_flight``: events not confirmed when ``flush``/``close`` stopped waiting (queued or
+    being sent). ``spooled``: ids of this sender's events still in the spool; a sender on the
+    same spool or ``togai-ingest drain`` delivers them.
     """
 
     accepted: int = 0
     rejected: list[RejectedEvent] = field(default_factory=list)
     failed: list[FailedEvent] = field(default_factory=list)
     undelivered: list[Any] = field(default_factory=list)
-    in_flight: int = 0
+    in_flight: list[Any] = field(default_factory=list)
+    spooled: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.rejected or self.failed or self.undelivered or self.in_flight)
+        return not (
+            self.rejected or self.failed or self.undelivered or self.in_flight or self.spooled
+        )
+
+    def unconfirmed_ids(self) -> list[str]:
+        """Ids of every event this report does not confirm as accepted."""
+        events = [r.event for r in self.rejected] + [f.event for f in self.failed]
+        events += self.in_flight + self.undelivered
+        ids = [_id_of(e) for e in events]
+        return ids + [i for i in self.spooled if i not in set(ids)]
 
     def __str__(self) -> str:
         return (
             f"accepted={self.accepted} rejected={len(self.rejected)} failed={len(self.failed)} "
-            f"undelivered={len(self.undelivered)} in_flight={self.in_flight}"
+            f"undelivered={len(self.undelivered)} in_flight={len(self.in_flight)} "
+            f"spooled={len(self.spooled)}"
         )
+
+
+def _refuse(condition: bool, message: str) -> None:
+    if condition:
+        raise ConfigurationError(message)
+
+
+def _positive(value: float | None, name: str, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    _refuse(
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0,
+        f"{name} must be a finite number of seconds >= 0, not {value!r}",
+    )
 
 
 class BackgroundSender:
     """Buffers events and sends them in batches from a daemon thread.
 
-    Batches go out when ``batch_size`` events are queued (default: the API's maxItems) or
-    ``flush_interval`` seconds after the first event of a batch was queued. On a full queue
-    ``when_full="block"`` waits up to ``block_timeout`` seconds, then raises
-    ``QueueFullError``; ``when_full="raise"`` raises at once. ``on_rejected`` and
-    ``on_failed`` are called from the worker thread with each batch's lists.
+    ``spool_path``: keep the queue in a SQLite file that survives the process (see
+    ``spool.SpoolQueue``; ``durability`` "process" or "power", ``max_spool_bytes``,
+    ``dead_letter``); several processes may share one. Without it the queue is in memory,
+    bounded by ``max_queue_size``. Batches go out when ``batch_size`` events are due (default:
+    the API's maxItems) or within ``flush_interval`` seconds. When full, ``when_full="block"``
+    waits up to ``block_timeout`` seconds, then raises ``QueueFullError``; ``"raise"`` raises at
+    once. ``on_rejected`` and ``on_failed`` are called from the worker thread.
     """
 
     def __init__(
         self,
         client: Client | None = None,
         *,
+        spool_path: str | os.PathLike[str] | None = None,
+        durability: Durability = "process",
+        max_spool_bytes: int | None = 1 << 30,
+        dead_letter: bool = False,
+        queue: EventQueue | None = None,
         max_queue_size: int = 10_000,
         batch_size: int | None = None,
         flush_interval: float = 1.0,
@@ -83,94 +154,155 @@ class BackgroundSender:
         exit_timeout: float = 10.0,
         **client_options: Any,
     ) -> None:
-        if when_full not in ("block", "raise"):
-            raise ValueError("when_full must be 'block' or 'raise'")
+        _refuse(when_full not in ("block", "raise"), "when_full must be 'block' or 'raise'")
+        _refuse(
+            not isinstance(max_queue_size, int) or max_queue_size < 1,
+            f"max_queue_size must be a whole number >= 1, not {max_queue_size!r}",
+        )
+        _refuse(
+            max_spool_bytes is not None
+            and (not isinstance(max_spool_bytes, int) or max_spool_bytes < 1),
+            f"max_spool_bytes must be a whole number >= 1 or None, not {max_spool_bytes!r}",
+        )
+        _positive(flush_interval, "flush_interval", allow_none=False)
+        _positive(block_timeout, "block_timeout")
+        _positive(exit_timeout, "exit_timeout", allow_none=False)
         self._owns_client = client is None
         self.client = client if client is not None else Client(**client_options)
-        self.batch_size = self.client._batch_size(batch_size)
+        limit = self.client.max_batch_size
+        size = limit if batch_size is None else batch_size
+        _refuse(
+            not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= limit,
+            f"batch_size must be 1 to {limit} (the API's maxItems), not {batch_size!r}",
+        )
+        self.batch_size = size
         self.max_queue_size = max_queue_size
-        self.flush_interval = flush_interval
+        self.flush_interval = float(flush_interval)
         self.when_full = when_full
         self.block_timeout = block_timeout
         self.exit_timeout = exit_timeout
         self.on_rejected = on_rejected
         self.on_failed = on_failed
+        self.spool_path = None if spool_path is None else Path(spool_path)
+        if queue is None and spool_path is not None:
+            queue = SpoolQueue(
+                spool_path,
+                durability=durability,
+                max_bytes=max_spool_bytes,
+                dead_letter=dead_letter,
+            )
+        self._queue: EventQueue = queue if queue is not None else MemoryQueue(max_queue_size)
+        observe = metrics.observe_spool_size if self._queue.durable else metrics.observe_queue_depth
+        observe(self._queue.size)
         self._closed = False
         self._start_fresh()
         _live_senders.add(self)
+        if self._queue.durable:  # deliver what an earlier process left in the spool, now
+            with self._lock:
+                self._ensure_worker()
 
     def _start_fresh(self) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(self.max_queue_size)
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._pending = 0  # enqueued and not yet finished (accepted, rejected or failed)
-        self._sequence = 0
-        self._flushing = threading.Event()
+        self._changed = threading.Condition(self._lock)
+        self._seq = 0
+        self._outstanding: dict[int, EncodedEvent] = {}  # enqueued, no final outcome yet
+        self._by_id: dict[str, list[int]] = {}
+        self._deferred: set[int] = set()  # failed, kept spooled for a later attempt
+        self._flushing = 0
+        self._putting = 0  # enqueues between the closed check and the end of put
         self._report = DeliveryReport()
-        self._thread: threading.Thread | None = None
+        self._worker: _Worker | None = None
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            self._worker = _Worker(self)
+            self._worker.start()
 
     # -- the application's side ------------------------------------------------------------
 
     def enqueue(self, event: EventLike) -> None:
-        """Queue one event; raises ``ValidationError`` at once for an invalid event."""
-        if self._closed:
-            raise TogaiError("the sender is closed")
-        wire = to_wire(event)
-        with self._lock:
-            self._pending += 1
-            index = self._sequence
-            self._sequence += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="togai-sender", daemon=True)
-                self._thread.start()
+        """Queue a snapshot of ``event``. Raises ``ValidationError`` for an invalid event,
+        ``QueueFullError`` when full, ``ClosedError`` after ``close``, ``SpoolError``
+        (``SpoolFullError``) when the spool cannot be written. Once it returns the event
+        will be reported (and, with a spool, it is on disk)."""
         try:
-            if self.when_full == "raise":
-                self._queue.put_nowait((index, event, wire))
-            else:
-                self._queue.put((index, event, wire), timeout=self.block_timeout)
-        except queue.Full:
-            self._finished(1)
-            raise QueueFullError(
-                f"the queue holds {self.max_queue_size} events; event {wire['id']!r} was not "
-                "queued (raise max_queue_size, or flush more often)"
-            ) from None
+            encoded = encode_event(event)
+        except TogaiError:
+            raise
+        except Exception as exc:  # the encoder must not let anything else out
+            raise ValidationError("event", f"cannot be encoded: {exc!r}") from None
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"the sender is closed; event {encoded.id!r} not queued")
+            seq = self._seq
+            self._seq += 1
+            self._outstanding[seq] = encoded
+            self._by_id.setdefault(encoded.id, []).append(seq)
+            self._putting += 1
+            self._ensure_worker()
+        timeout = 0.0 if self.when_full == "raise" else self.block_timeout
+        try:
+            self._queue.put(encoded, timeout)
+        except BaseException as exc:
+            with self._lock:
+                self._forget(seq, encoded.id)
+            if isinstance(exc, QueueFullError):
+                metrics.record_events("queue_full")
+            if isinstance(exc, TogaiError) or not isinstance(exc, Exception):
+                raise
+            raise SpoolError(f"event {encoded.id!r} was not queued: {exc!r}") from exc
+        finally:
+            with self._lock:
+                self._putting -= 1
+                self._changed.notify_all()
 
     def flush(self, timeout: float | None = None) -> DeliveryReport:
-        """Send everything queued now; wait up to ``timeout`` seconds. Returns and resets the
-        report of what was not delivered since the last report."""
-        self._flushing.set()
+        """Send what is queued now and wait (up to ``timeout`` seconds) for the events enqueued
+        before this call: not for an empty queue, so other threads may go on enqueueing.
+        Returns and resets the report of what happened since the last report."""
+        _positive(timeout, "timeout")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._seq
+            self._flushing += 1
+        self._queue.wake()
         try:
-            self._wait_idle(timeout)
+            self._wait_settled(target, deadline)
         finally:
-            self._flushing.clear()
-        return self._take_report()
+            with self._lock:
+                self._flushing -= 1
+        return self._take_report(target)
 
     def close(self, timeout: float | None = None) -> DeliveryReport:
-        """Stop accepting events, deliver what is queued (up to ``timeout`` seconds), stop."""
-        if self._closed:
-            return self._take_report()
-        self._closed = True
-        deadline = None if timeout is None else time.monotonic() + timeout
-        thread = self._thread
-        if thread is not None:
-            self._flushing.set()
-            # If the worker is stuck, what is left is reported as undelivered.
-            with contextlib.suppress(queue.Full):
-                self._queue.put(_STOP, timeout=timeout)
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        report = self._take_report()
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                report.undelivered.append(item[1])
+        """Stop accepting events, deliver what is queued (up to ``timeout`` seconds), stop.
+        The report names every event not confirmed: undelivered and in flight (in memory),
+        or still spooled (safe on disk for the next sender or ``drain``)."""
+        _positive(timeout, "timeout")
         with self._lock:
-            self._pending -= len(report.undelivered)
-            report.in_flight = self._pending
-        if self._owns_client and (thread is None or not thread.is_alive()):
-            self.client.close()
+            already = self._closed
+            self._closed = True
+            target = self._seq
+            worker = self._worker
+        if already:
+            return self._take_report(target)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._queue.close()  # from here a put raises ClosedError or has been queued
+        with self._lock:  # every enqueue under way has now either queued its event or raised
+            self._changed.wait_for(lambda: self._putting == 0)
+        if worker is not None:
+            worker.stop()
+            self._queue.wake()
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self._queue.durable:
+            # Events another process (a sender on the same spool, drain) took are its to
+            # deliver: wait a little for them to leave the spool; what stays is reported.
+            soon = time.monotonic() + SHARED_WAIT
+            self._wait_settled(target, soon if deadline is None else min(deadline, soon))
+        report = self._take_report(target, closing=True)
+        if worker is None or not worker.abandon():
+            self._queue.shutdown()
+            if self._owns_client:
+                self.client.close()
         return report
 
     def __enter__(self) -> Self:
@@ -180,97 +312,248 @@ class BackgroundSender:
         self._close_and_log("BackgroundSender closed")
 
     def _close_and_log(self, when: str) -> None:
-        """Close; log at ERROR what no callback was told about (nobody reads this report)."""
-        report = self.close(self.exit_timeout)
-        untold = list(report.undelivered)
+        """Close; log what no callback was told about (nobody reads this report)."""
+        try:
+            report = self.close(self.exit_timeout)
+        except Exception:  # at exit nothing may raise
+            log.exception("%s: close failed", when)
+            return
+        untold = report.undelivered + report.in_flight
         untold += [] if self.on_rejected else [r.event for r in report.rejected]
         untold += [] if self.on_failed else [f.event for f in report.failed]
-        if untold or report.in_flight:
+        if untold:
             ids = [_id_of(e) for e in untold]
             log.error("%s with events not delivered: %s; their ids: %s", when, report, ids)
+        if report.spooled:  # safe on disk: a warning, with the ids (the first 1,000)
+            shown = report.spooled[:1000]
+            more = len(report.spooled) - len(shown)
+            log.warning(
+                "%s with %d events still in the spool %s (a sender on it or `togai-ingest "
+                "drain` delivers them); their ids: %s%s",
+                when,
+                len(report.spooled),
+                self.spool_path,
+                shown,
+                f" and {more} more" if more else "",
+            )
 
     def __repr__(self) -> str:
+        where = f"spool_path={str(self.spool_path)!r}, " if self.spool_path else ""
         return (
-            f"BackgroundSender(pending={self._pending}, batch_size={self.batch_size}, "
-            f"flush_interval={self.flush_interval}, when_full={self.when_full!r})"
+            f"BackgroundSender({where}pending={len(self._outstanding)}, "
+            f"batch_size={self.batch_size}, flush_interval={self.flush_interval}, "
+            f"when_full={self.when_full!r})"
         )
 
-    # -- the worker's side -----------------------------------------------------------------
+    # -- the books -------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            deadline = time.monotonic() + self.flush_interval
-            while len(batch) < self.batch_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self._flushing.is_set() and self._queue.empty()):
-                    break
-                try:
-                    item = self._queue.get(timeout=min(remaining, 0.05))
-                except queue.Empty:
-                    continue
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            self._deliver(batch)
+    def _forget(self, seq: int, event_id: str) -> None:
+        """Call with the lock held."""
+        self._outstanding.pop(seq, None)
+        self._deferred.discard(seq)
+        seqs = self._by_id.get(event_id)
+        if seqs is not None:
+            if seq in seqs:
+                seqs.remove(seq)
+            if not seqs:
+                del self._by_id[event_id]
 
-    def _deliver(self, items: list[tuple[int, Any, dict[str, Any]]]) -> None:
-        batch = PreparedBatch(
-            items[0][0],
-            len(items),
-            [i for i, _, _ in items],
-            [e for _, e, _ in items],
-            [w for _, _, w in items],
-        )
-        try:
-            outcome = self.client.send_prepared(batch)
-        except Exception as exc:  # a bug must not lose the batch silently
-            log.exception("BackgroundSender could not deliver a batch")
-            outcome = batch.outcome()
-            batch.fail(outcome, APIError(f"internal error: {exc!r}"))
-        self._record(outcome)
-        self._finished(len(items))
+    def _settle(self, event_ids: Sequence[str], deferred: bool = False) -> None:
+        """These events reached a final outcome (or, ``deferred``, stay spooled after a
+        failed attempt). Call with the lock held."""
+        for event_id in event_ids:
+            seqs = self._by_id.get(event_id)
+            if not seqs:
+                continue  # an event of another process, or of an earlier run
+            if deferred:
+                self._deferred.add(next((s for s in seqs if s not in self._deferred), seqs[0]))
+            else:
+                self._forget(seqs[0], event_id)
 
-    def _record(self, outcome: BatchOutcome) -> None:
+    def _record(self, outcome: BatchOutcome, accepted: int) -> None:
         with self._lock:
-            self._report.accepted += outcome.accepted
+            self._report.accepted += accepted
             self._report.rejected.extend(outcome.rejected)
             self._report.failed.extend(outcome.failed)
-        callbacks: list[tuple[Callable[[Any], None] | None, list[Any]]] = [
-            (self.on_rejected, outcome.rejected),
-            (self.on_failed, outcome.failed),
-        ]
-        for callback, events in callbacks:
-            if callback is not None and events:
-                try:
-                    callback(list(events))
-                except Exception:
-                    log.exception("BackgroundSender callback raised")
+        if self.on_rejected is not None and outcome.rejected:
+            _call(self.on_rejected, list(outcome.rejected))
+        if self.on_failed is not None and outcome.failed:
+            _call(self.on_failed, list(outcome.failed))
 
-    def _finished(self, count: int) -> None:
-        with self._idle:
-            self._pending -= count
-            if self._pending <= 0:
-                self._idle.notify_all()
+    def _waiting_for(self, target: int) -> list[int]:
+        return [s for s in self._outstanding if s < target and s not in self._deferred]
 
-    def _wait_idle(self, timeout: float | None) -> None:
-        with self._idle:
-            self._idle.wait_for(lambda: self._pending <= 0, timeout)
+    def _wait_settled(self, target: int, deadline: float | None) -> None:
+        while True:
+            with self._lock:
+                waiting = self._waiting_for(target)
+                if not waiting:
+                    return
+                # With a spool, another process may have delivered some of them.
+                shared = self._queue.durable
+            if shared:
+                held = set(self._queue.ids())
+                with self._lock:
+                    for s in waiting:
+                        event = self._outstanding.get(s)
+                        if event is not None and event.id not in held:
+                            self._forget(s, event.id)
+            with self._lock:
+                if not self._waiting_for(target):
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                self._changed.wait(0.25 if remaining is None else min(remaining, 0.25))
 
-    def _take_report(self) -> DeliveryReport:
+    def _take_report(self, target: int, closing: bool = False) -> DeliveryReport:
+        undelivered: list[Item] = []
+        if closing and isinstance(self._queue, MemoryQueue):
+            undelivered = self._queue.drain_all()
         with self._lock:
             report, self._report = self._report, DeliveryReport()
-            report.in_flight = max(0, self._pending)
+            for item in undelivered:
+                self._settle([item.event.id])
+                report.undelivered.append(item.event.wire())
+            unsettled = [self._outstanding[s] for s in sorted(self._outstanding) if s < target]
+            if self._queue.durable:
+                report.spooled = [e.id for e in unsettled]
+            else:
+                report.in_flight = [e.wire() for e in unsettled]
+            if closing and not self._queue.durable:
+                for s in [s for s in self._outstanding if s < target]:
+                    self._forget(s, self._outstanding[s].id)
         return report
 
     def _after_fork_in_child(self) -> None:
-        # The parent sends what it queued; the child starts empty with its own thread.
+        # In memory the parent sends what it queued; with a spool the events are shared (and
+        # leased: each is sent by one process). The child starts with its own thread.
+        if not self._queue.durable:
+            self._queue = MemoryQueue(self.max_queue_size)
+        else:
+            self._queue.reset_after_fork()
         self._start_fresh()
+
+
+class _Worker(threading.Thread):
+    """Takes a batch, delivers it, acknowledges (final outcome) or releases (try later)."""
+
+    def __init__(self, sender: BackgroundSender) -> None:
+        super().__init__(name="togai-sender", daemon=True)
+        self.sender = sender
+        self.queue = sender._queue
+        self._stopping = threading.Event()
+        self._pause_until = 0.0
+        self._abandoned = False
+        self._finished = False
+        self._done_lock = threading.Lock()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def abandon(self) -> bool:
+        """``close`` gave up: stop after the batch in flight, then shut the queue down.
+        False if the worker has already stopped."""
+        with self._done_lock:
+            self._abandoned = not self._finished
+            return self._abandoned
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._done_lock:
+                abandoned, self._finished = self._abandoned, True
+            if abandoned:
+                self.queue.shutdown()
+
+    def _loop(self) -> None:
+        sender = self.sender
+        while not self._abandoned:
+            stopping = self._stopping.is_set()
+            urgent = stopping or sender._flushing > 0
+            pause = self._pause_until - time.monotonic()
+            if pause > 0 and not stopping:
+                self._stopping.wait(min(pause, 1.0))
+                continue
+            try:
+                items = self.queue.take(sender.batch_size, 0.0 if urgent else sender.flush_interval)
+            except Exception:
+                log.exception("BackgroundSender could not take a batch")
+                items = []
+                time.sleep(0.5)
+            if not items:
+                if stopping:
+                    return
+                continue
+            try:
+                self._deliver(items)
+            except Exception:  # a bug must not kill the worker; the events stay accounted
+                log.exception("BackgroundSender could not handle a batch")
+            with sender._lock:
+                sender._changed.notify_all()
+
+    @staticmethod
+    def _settle_in_queue(step: Callable[[], None]) -> None:
+        """Acknowledge or release; a spool that cannot be written (a full disk) only delays:
+        the events come back when their lease expires, and their outcome is still reported."""
+        try:
+            step()
+        except TogaiError as exc:
+            log.error("BackgroundSender: %s; the batch will be taken again later", exc)
+
+    def _deliver(self, items: list[Item]) -> None:
+        sender = self.sender
+        events = [item.event for item in items]
+        try:
+            outcome = self.sender.client.send_encoded(events)
+        except Exception as exc:  # a bug must not lose the batch silently
+            log.exception("BackgroundSender could not deliver a batch")
+            outcome = BatchOutcome(0, len(items))
+            internal = APIError(f"internal error: {exc!r}")
+            outcome.failed = [FailedEvent(i, e.wire(), internal) for i, e in enumerate(events)]
+        n = len(items)
+        rejected = {r.index: r for r in outcome.rejected if 0 <= r.index < n}
+        failed = {f.index: f for f in outcome.failed if 0 <= f.index < n}
+        done = [items[i] for i in range(n) if i not in failed and i not in rejected]
+        dead = [(items[i], r.message) for i, r in rejected.items()]
+        retry = [items[i] for i in sorted(failed)]
+        error = next(iter(failed.values())).error if failed else None
+        fatal = error is not None and is_fatal(error)
+        if fatal:
+            log.error(
+                "the API refused the token (%s): %d events %s",
+                error,
+                len(retry),
+                "kept in the spool; trying again in a minute"
+                if self.queue.durable
+                else "reported failed",
+            )
+        self._settle_in_queue(lambda: self.queue.ack(done, dead))
+        keep = self.queue.durable and retry
+        if keep:
+            attempts = max(item.attempts for item in retry)
+            spool = self.queue
+            delay = spool.backoff(attempts) if isinstance(spool, SpoolQueue) else 1.0
+            if fatal:
+                delay = max(delay, FATAL_PAUSE)
+                self._pause_until = time.monotonic() + delay
+            self._settle_in_queue(lambda: self.queue.release(retry, delay))
+            metrics.record_events("spooled", len(retry))
+            log.warning(
+                "%d events stay spooled after a failed batch (%s); next attempt in %.1f s",
+                len(retry),
+                error,
+                delay,
+            )
+            outcome.failed = []
+        else:
+            self._settle_in_queue(lambda: self.queue.ack(retry))
+        with sender._lock:
+            sender._settle([item.event.id for item in done])
+            sender._settle([item.event.id for item, _ in dead])
+            sender._settle([item.event.id for item in retry], deferred=bool(keep))
+        sender._record(outcome, len(done))
 
 
 _live_senders: weakref.WeakSet[BackgroundSender] = weakref.WeakSet()
@@ -280,6 +563,13 @@ def _close_at_exit() -> None:
     for sender in list(_live_senders):
         if not sender._closed:
             sender._close_and_log("at interpreter exit, BackgroundSender closed")
+
+
+def _call(callback: Callable[[list[Any]], None], events: list[Any]) -> None:
+    try:
+        callback(events)
+    except Exception:  # a callback must not kill the worker
+        log.exception("BackgroundSender callback raised")
 
 
 def _id_of(event: Any) -> Any:

@@ -56,13 +56,23 @@ class Spec:
                     return str(path)
         raise KeyError(operation_id)
 
-    def _responses(self, operation_id: str) -> dict[str, Any]:
+    def responses(self, operation_id: str) -> dict[str, Any]:
+        """The ``responses`` of an operation, by status (``"202"``, ..., ``"default"``)."""
         path = self.path_of(operation_id)
         for operation in self.document["paths"][path].values():
             if isinstance(operation, dict) and operation.get("operationId") == operation_id:
                 responses: dict[str, Any] = operation["responses"]
                 return responses
         raise KeyError(operation_id)  # pragma: no cover - path_of found it
+
+    def success_statuses(self, operation_id: str) -> frozenset[int]:
+        """The 2xx statuses the document gives an operation: the only answers that count as
+        success (``ingestBatch``: 202 and 207)."""
+        return frozenset(
+            int(status)
+            for status in self.responses(operation_id)
+            if status.isdigit() and 200 <= int(status) < 300
+        )
 
     def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
         while "$ref" in node:

@@ -12,18 +12,41 @@ from __future__ import annotations
 import datetime
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema_rs
+import orjson
 from togai_client.models import Event
 
 from .errors import ValidationError
 from .spec import spec
 
-__all__ = ["EventLike", "to_wire", "validate_wire"]
+__all__ = ["EncodedEvent", "EventLike", "encode_event", "to_wire", "validate_wire"]
 
-EventLike = Event | Mapping[str, Any]
-"""A typed ``togai_client.models.Event``, or a plain dict in wire form (camelCase)."""
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """An event validated against the document and encoded as JSON: an immutable snapshot of
+    what the caller passed. What is sent is ``json``; what is reported is ``wire()``, decoded
+    from the same bytes, so changing the caller's object afterwards changes neither."""
+
+    id: str
+    json: bytes
+
+    def wire(self) -> dict[str, Any]:
+        """A fresh dict of the event in wire form (camelCase)."""
+        wire: dict[str, Any] = orjson.loads(self.json)
+        return wire
+
+
+EventLike = Event | Mapping[str, Any] | EncodedEvent
+"""A typed ``togai_client.models.Event``, a plain dict in wire form (camelCase), or an
+``EncodedEvent`` (validated and encoded already: sent as it is)."""
+
+_UNREADABLE = (ValueError, TypeError, OverflowError, RecursionError)
+"""What the validator and the encoder raise for input that is not JSON-like at all (a key that
+is not a string, bytes, a lone surrogate, nesting too deep for the encoder)."""
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -69,9 +92,19 @@ def _at(where: str, path: list[str | int]) -> str:
     return where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
 
 
-def _explain(where: str, error: jsonschema_rs.ValidationError) -> ValidationError:
+def _value_at(wire: Any, path: list[str | int]) -> Any:
+    """The caller's value at ``path`` (the validator's copy turns NaN into null)."""
+    try:
+        for part in path:
+            wire = wire[part]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return wire
+
+
+def _explain(where: str, error: jsonschema_rs.ValidationError, wire: Any) -> ValidationError:
     at = _at(where, error.instance_path)
-    value = error.instance
+    value = _value_at(wire, error.instance_path)
     match error.kind:
         case _Kind.MaxLength(limit):
             return ValidationError(at, f"longer than {limit} characters", limit)
@@ -109,22 +142,103 @@ def _allowed(path: list[str | int]) -> list[str]:
 def validate_wire(wire: Any, where: str = "event") -> None:
     """Raise ``ValidationError`` unless ``wire`` is an ``Event`` as the document defines it."""
     validator = _event_validator()
-    if not validator.is_valid(wire):
-        raise _explain(where, next(iter(validator.iter_errors(wire)))) from None
+    try:
+        if validator.is_valid(wire):
+            return
+        error = next(iter(validator.iter_errors(wire)))
+    except _UNREADABLE as exc:
+        raise ValidationError(where, f"not JSON-like data: {_reason(exc)}") from None
+    raise _explain(where, error, wire) from None
 
 
-def to_wire(event: EventLike, where: str = "event") -> dict[str, Any]:
-    """The wire form (camelCase dict) of ``event``, validated against the document."""
+def encode_event(event: EventLike, where: str = "event") -> EncodedEvent:
+    """Validate ``event`` against the document and encode it: the snapshot that is sent.
+
+    Raises ``ValidationError`` (naming the field and the limit) for an invalid event, and for
+    one that cannot be encoded as UTF-8 JSON (a lone surrogate, a key that is not a string,
+    bytes). Whatever this accepts can be sent.
+    """
+    if isinstance(event, EncodedEvent):
+        return event
     if isinstance(event, Event):
-        wire = _model_to_wire(event, where)
+        wire: Any = _model_to_wire(event, where)
     elif isinstance(event, Mapping):
-        wire = event if isinstance(event, dict) else dict(event)
+        wire = event
     else:
         raise ValidationError(
             where, f"must be a togai_client.models.Event or a dict, not {type(event).__name__}"
         )
-    validate_wire(wire, where)
-    return wire
+    validator = _event_validator()
+    try:
+        valid = validator.is_valid(wire)
+    except _UNREADABLE:
+        valid = False
+    if not valid:
+        if type(wire) is not dict or not _is_json_like(wire):
+            # A Mapping that is not a dict, or subclasses of str, dict or list inside: what
+            # would be sent is what the encoder makes of it, so validate that.
+            wire = _plain(wire, where)
+        validate_wire(wire, where)
+    try:
+        data = orjson.dumps(wire)
+    except _UNREADABLE as exc:
+        at = _at(where, _unencodable_path(wire, [], 0) or [])
+        raise ValidationError(at, f"cannot be encoded as JSON: {_reason(exc)}") from None
+    return EncodedEvent(str(wire["id"]), data)
+
+
+def _plain(wire: Any, where: str) -> Any:
+    """``wire`` as plain JSON types (dict, list, str), by a round trip through the encoder."""
+    try:
+        return orjson.loads(orjson.dumps(dict(wire)))
+    except _UNREADABLE as exc:
+        at = _at(where, _unencodable_path(wire, [], 0) or [])
+        raise ValidationError(at, f"cannot be encoded as JSON: {_reason(exc)}") from None
+
+
+def _unencodable_path(value: Any, path: list[str | int], depth: int) -> list[str | int] | None:
+    """Where in ``value`` the encoder fails (best effort, for the message)."""
+    if depth > 64:
+        return path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path
+            found = _unencodable_path(item, [*path, key], depth + 1)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _unencodable_path(item, [*path, index], depth + 1)
+            if found is not None:
+                return found
+        return None
+    try:
+        orjson.dumps(value)
+    except _UNREADABLE:
+        return path
+    return None
+
+
+def _is_json_like(wire: Any) -> bool:
+    try:
+        _event_validator().is_valid(wire)
+    except _UNREADABLE:
+        return False
+    return True
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep"
+    return str(exc) or type(exc).__name__
+
+
+def to_wire(event: EventLike, where: str = "event") -> dict[str, Any]:
+    """The wire form (camelCase dict) of ``event``, validated against the document: a new
+    dict, so changing ``event`` afterwards changes nothing here."""
+    return encode_event(event, where).wire()
 
 
 def _model_to_wire(event: Event, where: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from togai_ingest.cli import main
-from togai_ingest.readers import Input, read_records
+from togai_ingest.readers import Input, Record, read_records
 
 TOKEN = "t0k3n"
 CLI = Path(sys.executable).with_name("togai-ingest")
@@ -64,7 +64,13 @@ def read_jsonl(path: Path) -> list[Any]:
 def ids_of(path: Path, fmt: str = "jsonl") -> list[str]:
     """The ids ``togai-ingest`` sends for the valid records of ``path``, in order."""
     records = read_records([Input(str(path), "csv" if fmt == "csv" else "jsonl")])
-    return [r.event["id"] for r in records if r.event is not None]
+    return [r.event.id for r in records if r.event is not None]
+
+
+def wire(record: Record) -> dict[str, Any]:
+    """The wire form of a valid record's event."""
+    assert record.event is not None, record.problem
+    return record.event.wire()
 
 
 def environment(token: str | None = TOKEN, **extra: str) -> dict[str, str]:

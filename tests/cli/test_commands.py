@@ -111,20 +111,20 @@ def test_rejected_file_lists_every_problem_and_can_be_sent_again(
         assert result.exit_code == 1, result.output
         assert summary(result.stdout) == {"accepted": 9, "rejected": 1, "failed": 0, "invalid": 2}
         entries = read_jsonl(rejected)
-        assert [(e["kind"], e["source"]) for e in entries] == [
+        assert [(e["kind"], e["source"]) for e in entries] == [  # in input order
+            ("rejected", f"{path}:4"),
             ("invalid", f"{path}:6"),
             ("invalid", f"{path}:7"),
-            ("rejected", f"{path}:4"),
         ]
-        assert entries[0]["event"] == event(50, accountId=None)
-        assert entries[0]["reason"] == "event.accountId: required property is missing"
-        assert entries[1]["event"] == "{cut" and entries[1]["reason"].startswith("not JSON")
-        assert entries[2]["event"] == {**events[3], "id": ids_of(path)[3]}
-        assert "always rejects" in entries[2]["reason"]
+        assert entries[1]["event"] == event(50, accountId=None)
+        assert entries[1]["reason"] == "event.accountId: required property is missing"
+        assert entries[2]["event"] == "{cut" and entries[2]["reason"].startswith("not JSON")
+        assert entries[0]["event"] == {**events[3], "id": ids_of(path)[3]}
+        assert "always rejects" in entries[0]["reason"]
         assert "rejected file: " in result.stdout
 
-        entries[0]["event"]["accountId"] = "acct-fixed"
-        entries[1]["event"] = json.dumps(event(51))
+        entries[1]["event"]["accountId"] = "acct-fixed"
+        entries[2]["event"] = json.dumps(event(51))
         fixed = write_jsonl(tmp_path / "fixed.jsonl", entries)
         refused.clear()
         again = invoke("send", fixed, "--base-url", server.url, *FAST)
@@ -195,7 +195,7 @@ def test_outputs_must_not_overwrite_an_input(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
     for option in ("--rejected", "--checkpoint"):
         result = invoke("send", path, option, path)
-        assert result.exit_code == 2 and "is also an input file" in result.stderr
+        assert result.exit_code == 2 and "is the same file as input" in result.stderr
     assert path.read_text(encoding="utf-8").count("\n") == 1
 
 

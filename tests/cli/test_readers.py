@@ -1,4 +1,4 @@
-"""``togai_ingest.readers`` and ``togai_ingest.checkpoint``, in process."""
+"""``togai_ingest.readers``, in process (the checkpoint and the watermark: test_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import event, write_jsonl
-from togai_ingest.checkpoint import Checkpoint, CheckpointError, Watermark
+from tests.cli import event, wire, write_jsonl
 from togai_ingest.readers import (
     ID_NAMESPACE,
     Input,
@@ -36,9 +35,9 @@ def test_jsonl_valid_events_keep_their_id_and_get_a_derived_one_otherwise(tmp_pa
     with_id = event(1, id="evt-1")
     path = write_jsonl(tmp_path / "e.jsonl", [with_id, event(2)])
     first, second = records(path)
-    assert first.event == with_id and first.source == f"{path}:1"
-    assert second.event is not None and second.event["id"] == event_id(event(2))
-    assert {k: v for k, v in second.event.items() if k != "id"} == event(2)
+    assert wire(first) == with_id and first.source == f"{path}:1"
+    assert second.event is not None and wire(second)["id"] == event_id(event(2))
+    assert {k: v for k, v in wire(second).items() if k != "id"} == event(2)
 
 
 def test_jsonl_blank_lines_bom_and_line_numbers(tmp_path: Path) -> None:
@@ -96,8 +95,8 @@ def test_a_rejected_file_envelope_is_read_as_its_event(tmp_path: Path) -> None:
         ],
     )
     first, second, third = records(path)
-    assert first.event == event(1, id="e1")
-    assert second.event is not None and second.event["eventName"] == "apiCall"
+    assert wire(first) == event(1, id="e1")
+    assert second.event is not None and wire(second)["eventName"] == "apiCall"
     assert third.problem is not None and third.problem.startswith("not JSON")
     assert third.raw == "{still broken"
 
@@ -116,7 +115,7 @@ def test_csv_header_convention_and_empty_cells(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     first, second = records(path, "csv")
-    assert first.event == {
+    assert wire(first) == {
         "eventName": "apiCall",
         "id": "e1",
         "eventTimestamp": "2024-05-01T10:00:00Z",
@@ -128,11 +127,11 @@ def test_csv_header_convention_and_empty_cells(tmp_path: Path) -> None:
         "dimensions": {"region": "eu"},
     }
     assert second.event is not None
-    assert second.event["eventAttributes"] == [
+    assert wire(second)["eventAttributes"] == [
         {"attributeName": "bytes", "attributeValue": "1,024"}
     ]
-    assert second.event["dimensions"] == {}
-    assert second.event["id"] == event_id({k: v for k, v in second.event.items() if k != "id"})
+    assert wire(second)["dimensions"] == {}
+    assert wire(second)["id"] == event_id({k: v for k, v in wire(second).items() if k != "id"})
 
 
 def test_csv_rows_spanning_lines_and_bad_rows(tmp_path: Path) -> None:
@@ -146,7 +145,7 @@ def test_csv_rows_spanning_lines_and_bad_rows(tmp_path: Path) -> None:
     )
     multi, missing, wide = records(path, "csv")
     assert multi.source.endswith(":2") and multi.end.line == 3
-    assert multi.event is not None and multi.event["dimensions"] == {"region": "multi\nline"}
+    assert multi.event is not None and wire(multi)["dimensions"] == {"region": "multi\nline"}
     assert missing.source.endswith(":4") and missing.problem == (
         "event.accountId: required property is missing"
     )
@@ -261,7 +260,7 @@ def test_identical_records_get_the_same_id(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "e.jsonl", [event(1), event(1)])
     first, second = records(path)
     assert first.event is not None and second.event is not None
-    assert first.event["id"] == second.event["id"]
+    assert wire(first)["id"] == wire(second)["id"]
 
 
 # --- Positions and resuming
@@ -283,57 +282,6 @@ def test_reading_from_a_records_end_yields_the_rest(tmp_path: Path, fmt: str) ->
         assert rest == everything[cut + 1 :]
 
 
-def test_watermark_moves_with_the_oldest_outstanding_batch() -> None:
-    mark = Watermark(Position(0, 0, 0))
-    ends = [Position(0, 10 * n, n) for n in range(1, 8)]
-    for n in range(6):
-        assert mark.sent(f"f:{n + 1}", ends[n], {"n": n}) == n
-    assert not mark.local(ends[6])  # an invalid record after them waits for them
-    assert not mark.done(2, 2)
-    assert mark.position == Position(0, 0, 0) and mark.outstanding == 6
-    assert mark.source(3) == "f:4"
-    mark.settle(1, 1)  # reported, but not done (e.g. refused token): the watermark waits
-    assert mark.unsettled() == [("f:1", {"n": 0}), ("f:5", {"n": 4}), ("f:6", {"n": 5})]
-    assert mark.done(0, 2)
-    assert mark.position == ends[3] and mark.outstanding == 2
-    assert mark.done(4, 2)
-    assert mark.position == ends[6] and mark.outstanding == 0
-    assert mark.local(Position(0, 80, 8)) and mark.position == Position(0, 80, 8)
-
-
-def test_checkpoint_round_trip_and_atomic_write(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
-    store = Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")])
-    assert store.load() is None
-    store.save(Position(0, 5, 1), "/tmp/rejected.jsonl", 12)
-    resume = store.load()
-    assert resume is not None
-    assert (resume.position, resume.rejected, resume.rejected_size) == (
-        Position(0, 5, 1),
-        "/tmp/rejected.jsonl",
-        12,
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "e.jsonl"]
-
-
-def test_checkpoint_refuses_other_or_changed_inputs(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "e.jsonl", [event(1)])
-    Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")]).save(
-        Position(0, 5, 1), None, None
-    )
-    other = write_jsonl(tmp_path / "other.jsonl", [event(1)])
-    with pytest.raises(CheckpointError, match="other or changed input"):
-        Checkpoint(tmp_path / "ck.json", [Input(str(other), "jsonl")]).load()
-    write_jsonl(path, [event(1), event(2)])
-    with pytest.raises(CheckpointError, match="other or changed input"):
-        Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")]).load()
-    with pytest.raises(CheckpointError, match="standard input"):
-        Checkpoint(tmp_path / "ck.json", [Input("-", "jsonl")])
-    (tmp_path / "ck.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(CheckpointError, match="cannot read"):
-        Checkpoint(tmp_path / "ck.json", [Input(str(path), "jsonl")]).load()
-
-
 def test_csv_rows_with_bytes_that_are_not_utf8_are_problems(tmp_path: Path) -> None:
     path = tmp_path / "e.csv"
     path.write_bytes(
@@ -342,7 +290,7 @@ def test_csv_rows_with_bytes_that_are_not_utf8_are_problems(tmp_path: Path) -> N
     )
     bad, good = records(path, "csv")
     assert bad.problem == "not valid UTF-8" and bad.source.endswith(":2")
-    assert good.event is not None and good.event["dimensions"] == {"region": "Zurich"}
+    assert good.event is not None and wire(good)["dimensions"] == {"region": "Zurich"}
 
 
 def test_only_a_real_envelope_is_unwrapped(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.cli import CLI, environment, event, ids_of, run_cli, write_jsonl
-from tests.faultserver import FaultServer
+from tests.cli import CLI, environment, event, ids_of, read_jsonl, run_cli, write_jsonl
+from tests.faultserver import FaultServer, IdSample
 
 CONCURRENCY, BATCH = 4, 100
 
@@ -107,3 +107,34 @@ def test_ctrl_c_finishes_the_batches_in_flight_and_resumes_exactly(tmp_path: Pat
         assert second.returncode == 0, second.stderr
         assert set(server.ledger) == set(ids)
         assert set(server.deliveries.values()) == {1}  # nothing was sent twice
+
+
+def test_after_kill_9_and_a_resume_the_rejected_file_has_each_entry_once(tmp_path: Path) -> None:
+    """Entries of records past the watermark (batches done out of order, invalid records
+    after a batch in flight) used to be written at once and counted in the size saved with
+    the watermark; a resumed run wrote them again. Now the file is written in watermark
+    order, so each invalid or rejected record is in it exactly once, in input order."""
+    lines = [event(n, accountId=None) if n % 37 == 5 else event(n) for n in range(8000)]
+    path = write_jsonl(tmp_path / "events.jsonl", lines)
+    ids = ids_of(path)
+    rejects = IdSample(one_in=29, salt="resume")
+    checkpoint = tmp_path / "checkpoint.json"
+    with FaultServer(latency=0.03, reject_if=rejects) as server:
+        args = _args(path, server, checkpoint)
+        assert _start_and_signal(args, checkpoint, 2000, signal.SIGKILL) == -signal.SIGKILL
+        assert _line_of(checkpoint) < 8000
+        _settled(server)
+        second = run_cli(*args)
+        assert second.returncode == 1, second.stderr
+        assert "Traceback" not in second.stderr
+
+    valid_lines = [n + 1 for n in range(8000) if n % 37 != 5]
+    rejected_lines = {line for line, i in zip(valid_lines, ids, strict=True) if rejects(i)}
+    invalid_lines = {n + 1 for n in range(8000) if n % 37 == 5}
+    entries = read_jsonl(tmp_path / "rejected.jsonl")
+    sources = [int(entry["source"].rsplit(":", 1)[1]) for entry in entries]
+    assert len(sources) == len(set(sources)), "entries written twice"
+    assert sources == sorted(invalid_lines | rejected_lines)
+    kinds = {int(e["source"].rsplit(":", 1)[1]): e["kind"] for e in entries}
+    assert {line for line, kind in kinds.items() if kind == "invalid"} == invalid_lines
+    assert _line_of(checkpoint) == 8000

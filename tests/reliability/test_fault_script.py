@@ -63,7 +63,7 @@ def via_background_sender(url: str, batch: list[dict[str, Any]]) -> Reported:
         for event in batch:
             sender.enqueue(event)
         report = sender.flush(timeout=120)
-    assert report.in_flight == 0 and report.undelivered == []
+    assert report.in_flight == [] and report.undelivered == []
     assert len(report.rejected) == len(rejected) and len(report.failed) == len(failed)
     client.close()
     return rejected, failed, 0

@@ -196,8 +196,9 @@ def test_close_reports_events_it_could_not_send() -> None:
         for i in range(5):
             sender.enqueue(wire_event(id=f"e{i}"))
         report = sender.close(timeout=0.5)
-        assert report.in_flight == 1
+        assert [e["id"] for e in report.in_flight] == ["e0"]  # named, not only counted
         assert [e["id"] for e in report.undelivered] == ["e1", "e2", "e3", "e4"]
+        assert report.unconfirmed_ids() == ["e0", "e1", "e2", "e3", "e4"]
 
 
 def test_at_exit_what_could_not_be_delivered_is_logged_with_ids() -> None:

@@ -132,7 +132,7 @@ def test_207_maps_rejections_back_to_the_events_sent() -> None:
         (2, "e2", "nope"),
         (5, "e5", "nope"),
     ]
-    assert outcome.rejected[0].event is events[2]
+    assert outcome.rejected[0].event == events[2]  # a snapshot of it
 
 
 def test_207_with_unreadable_body_is_malformed_and_retried() -> None:
