@@ -153,7 +153,7 @@ def _limiter(mode: Mode, redis_url: str | None, token: str) -> Any:
             pass
 
     if mode == "fixed":
-        return Before(QUOTA)
+        return Before(QUOTA, adaptive=False)
     if mode == "adaptive":
         return QUOTA  # a number: the adaptive limit, the client's default
     assert redis_url is not None
