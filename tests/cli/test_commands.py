@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
+from tests import openapi
 from tests.cli import event, ids_of, invoke, read_jsonl, run_cli, write_jsonl
 from tests.faultserver import FaultServer, Unavailable, unavailable_burst
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ("--rate-limit", "0")
+
+MAX_BATCH = openapi.limit("IngestBatchEventRequest", "events", "maxItems")
 
 
 @pytest.fixture
@@ -94,7 +97,11 @@ def test_send_everything_accepted_is_exit_0(tmp_path: Path, server: FaultServer)
     assert summary(run.stdout) == {"accepted": 250, "rejected": 0, "failed": 0, "invalid": 0}
     assert sorted(server.ledger) == sorted(ids_of(path))
     assert server.violations == []
-    assert sorted(len(r.event_ids) for r in server.requests) == [50, 100, 100]
+    size = openapi.limit("IngestBatchEventRequest", "events", "maxItems")
+    full, rest = divmod(250, size)
+    assert sorted(len(r.event_ids) for r in server.requests) == sorted(
+        [size] * full + ([rest] if rest else [])
+    )
 
 
 def test_rejected_file_lists_every_problem_and_can_be_sent_again(
@@ -164,7 +171,10 @@ def test_503s_are_retried_within_the_retry_budget(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--batch-size", "101"), "101 is not in the range 1<=x<=100"),
+        (
+            ("--batch-size", str(MAX_BATCH + 1)),
+            f"{MAX_BATCH + 1} is not in the range 1<=x<={MAX_BATCH}",
+        ),
         (("--assume-timezone", "Mars/Base"), "unknown time zone 'Mars/Base'"),
         (("--concurrency", "0"), "0 is not in the range"),
         (("--format", "xml"), "'xml' is not one of"),

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import openapi
 from tests.conftest import SECRET
 from tests.hardening.conftest import client_for, event
 from tests.hostile import replies, serving
@@ -182,7 +183,10 @@ def test_bad_retry_policies_are_refused(policy: dict[str, Any]) -> None:
         RetryPolicy(**policy)
 
 
-@pytest.mark.parametrize("batch_size", [0, -1, 101, 2.5, True])
+MAX_BATCH = openapi.limit("IngestBatchEventRequest", "events", "maxItems")
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, MAX_BATCH + 1, 2.5, True])
 def test_bad_batch_sizes_are_refused_not_defaulted(batch_size: Any) -> None:
     with serving(replies([])) as server, client_for(server.url) as client:
         with pytest.raises(ConfigurationError):
@@ -228,7 +232,7 @@ def test_bad_httpx_args_are_configuration_errors(httpx_args: dict[str, Any]) -> 
             cls(SECRET, base_url="https://api.togai.com", httpx_args=httpx_args)
 
 
-@pytest.mark.parametrize("events", [None, 42, [event(1)] * 101])
+@pytest.mark.parametrize("events", [None, 42, [event(1)] * (MAX_BATCH + 1)])
 def test_ingest_batch_of_a_non_batch_is_a_validation_error(events: Any) -> None:
     with serving(replies([])) as server, client_for(server.url) as client:
         with pytest.raises(ValidationError):

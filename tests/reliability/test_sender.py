@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import openapi
 from tests.conftest import SECRET
 from tests.faultserver import FaultServer, Slow
 from tests.unit.conftest import wire_event
@@ -184,8 +185,9 @@ def test_failed_events_are_reported_after_retries() -> None:
 
 def test_invalid_event_is_refused_at_enqueue() -> None:
     sender = BackgroundSender(Client(SECRET, base_url="http://127.0.0.1:9"))
-    with pytest.raises(ValueError, match=r"event\.accountId: longer than 255"):
-        sender.enqueue(wire_event(accountId="a" * 256))
+    limit = openapi.limit("Event", "accountId", "maxLength")
+    with pytest.raises(ValueError, match=rf"event\.accountId: longer than {limit}"):
+        sender.enqueue(wire_event(accountId="a" * (limit + 1)))
     assert sender.close().ok
 
 

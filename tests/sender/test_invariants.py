@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests import openapi
 from tests.conftest import SECRET
 from tests.faultserver import FaultServer, Slow
 from tests.unit.conftest import wire_event
@@ -188,7 +189,7 @@ def test_flush_returns_while_other_threads_keep_enqueueing() -> None:
     "options",
     [
         {"batch_size": 0},
-        {"batch_size": 101},
+        {"batch_size": openapi.limit("IngestBatchEventRequest", "events", "maxItems") + 1},
         {"batch_size": True},
         {"max_queue_size": 0},
         {"max_queue_size": -1},

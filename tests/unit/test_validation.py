@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests import openapi
 from tests.faultserver import FaultServer
 from tests.unit.conftest import wire_event
 from togai_ingest import Client, Event, ValidationError, new_event
@@ -73,7 +74,8 @@ def test_required_attribute_property(client: Client, server: FaultServer, prop: 
 
 def test_unknown_event_property(client: Client, server: FaultServer) -> None:
     message = rejected(client, server, wire_event(event_name="snake"))
-    assert message.startswith("event.event_name: unknown property (allowed: eventName, id,")
+    allowed = ", ".join(openapi.properties("Event"))
+    assert message == f"event.event_name: unknown property (allowed: {allowed})"
 
 
 def test_unknown_attribute_property(client: Client, server: FaultServer) -> None:
@@ -139,14 +141,15 @@ def test_event_must_be_a_model_or_dict(client: Client, server: FaultServer) -> N
 
 def test_batch_names_the_event_index(client: Client, server: FaultServer) -> None:
     events = [wire_event(id=f"e{i}") for i in range(5)]
-    events[3]["eventAttributes"][1]["attributeValue"] = "9" * 51
+    limit = openapi.limit("EventAttribute", "attributeValue", "maxLength")
+    events[3]["eventAttributes"][1]["attributeValue"] = "9" * (limit + 1)
     with pytest.raises(ValidationError) as info:
         client.ingest_batch(events)
-    assert (
-        str(info.value) == "events[3].eventAttributes[1].attributeValue: longer than 50 characters"
+    assert str(info.value) == (
+        f"events[3].eventAttributes[1].attributeValue: longer than {limit} characters"
     )
     assert info.value.path == "events[3].eventAttributes[1].attributeValue"
-    assert info.value.limit == 50
+    assert info.value.limit == limit
     assert server.arrivals == 0
 
 
@@ -168,12 +171,13 @@ def test_send_reports_invalid_events_and_sends_the_rest(
     client: Client, server: FaultServer
 ) -> None:
     events = [wire_event(id=f"e{i}") for i in range(10)]
-    events[2]["accountId"] = "a" * 300
+    limit = openapi.limit("Event", "accountId", "maxLength")
+    events[2]["accountId"] = "a" * (limit + 1)
     events[7] = wire_event(id="e7", dimensions={"n": 7})
     result = client.send(events)
     assert result.accepted == 8
     assert [(i.index, str(i.error)) for i in result.invalid] == [
-        (2, "events[2].accountId: longer than 255 characters"),
+        (2, f"events[2].accountId: longer than {limit} characters"),
         (7, "events[7].dimensions.n: must be a string, not int"),
     ]
     assert sorted(server.ledger) == sorted(f"e{i}" for i in range(10) if i not in (2, 7))
@@ -181,7 +185,8 @@ def test_send_reports_invalid_events_and_sends_the_rest(
 
 
 def test_send_of_only_invalid_events_sends_nothing(client: Client, server: FaultServer) -> None:
-    result = client.send([wire_event(eventName="")] * 0 + [wire_event(id="x" * 256)])
+    too_long = "x" * (openapi.limit("Event", "id", "maxLength") + 1)
+    result = client.send([wire_event(id=too_long)])
     assert len(result.invalid) == 1
     assert server.arrivals == 0
 
