@@ -25,18 +25,22 @@ def attribute_value(value: object, where: str = "attribute") -> str:
     Anything else (None, a bool, bytes, a container) is refused with ``ValidationError``."""
     if isinstance(value, str):
         return value
-    if isinstance(value, bool) or not isinstance(value, Number):
+    if isinstance(value, bool) or not isinstance(value, int | float | decimal.Decimal):
         raise ValidationError(
             where, f"must be a string or a finite number, not {type(value).__name__}"
         )
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(where, f"must be a finite number, not {value!r}")
+        text = repr(value)  # the shortest form that reads back as the same float
+        if "e" not in text:
+            return text
+        value = decimal.Decimal(text)
+    if not value.is_finite():
         raise ValidationError(where, f"must be a finite number, not {value!r}")
-    exact = decimal.Decimal(repr(value)) if isinstance(value, float) else value
-    if not exact.is_finite():
-        raise ValidationError(where, f"must be a finite number, not {value!r}")
-    return format(exact, "f")
+    return format(value, "f")
 
 
 def new_event(
@@ -58,13 +62,12 @@ def new_event(
     attrs = []
     for attr_name, spec_value in attributes.items():
         value, unit = spec_value if isinstance(spec_value, tuple) else (spec_value, None)
-        where = f"attributes[{attr_name!r}]"
-        if unit is not None and not isinstance(unit, str):
-            raise ValidationError(f"{where}.unit", f"must be a string, not {type(unit).__name__}")
+        if type(value) is not str or (unit is not None and type(unit) is not str):
+            value = _checked(attr_name, value, unit)  # numbers written out; others refused
         attrs.append(
             EventAttribute(
                 attribute_name=attr_name,
-                attribute_value=attribute_value(value, where),
+                attribute_value=value,
                 attribute_value_unit=UNSET if unit is None else unit,
             )
         )
@@ -78,3 +81,10 @@ def new_event(
         event_attributes=attrs,
         dimensions=dims,
     )
+
+
+def _checked(name: str, value: object, unit: object) -> str:
+    where = f"attributes[{name!r}]"
+    if unit is not None and not isinstance(unit, str):
+        raise ValidationError(f"{where}.unit", f"must be a string, not {type(unit).__name__}")
+    return attribute_value(value, where)

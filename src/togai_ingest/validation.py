@@ -158,10 +158,17 @@ def encode_event(event: EventLike, where: str = "event") -> EncodedEvent:
     one that cannot be encoded as UTF-8 JSON (a lone surrogate, a key that is not a string,
     bytes). Whatever this accepts can be sent.
     """
-    if isinstance(event, EncodedEvent):
+    kind = type(event)
+    if kind is dict:  # the common cases first: isinstance against a union costs
+        wire: Any = event
+    elif kind is EncodedEvent:
+        return event  # type: ignore[return-value]
+    elif kind is Event:
+        wire = _model_to_wire(event, where)  # type: ignore[arg-type]
+    elif isinstance(event, EncodedEvent):
         return event
-    if isinstance(event, Event):
-        wire: Any = _model_to_wire(event, where)
+    elif isinstance(event, Event):
+        wire = _model_to_wire(event, where)
     elif isinstance(event, Mapping):
         wire = event
     else:
