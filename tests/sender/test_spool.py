@@ -170,7 +170,10 @@ def test_a_truncated_spool_file_is_moved_aside(
     sender = BackgroundSender(_client(DOWN), spool_path=spool, flush_interval=60)
     for i in range(3000):
         sender.enqueue(wire_event(id=f"t-{i}"))
-    sender.close(timeout=0.1)
+    # Wait for the worker to stop: one still writing to the file while the test damages it
+    # (a loaded machine, a 0.1 s close) made this test flaky.
+    sender.close(timeout=30)
+    assert sender._worker is None or not sender._worker.is_alive()
     conn = sqlite3.connect(spool)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
