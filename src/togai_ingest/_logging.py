@@ -17,7 +17,15 @@ import sys
 import threading
 from collections.abc import Mapping
 
-__all__ = ["ENV", "RedactingFilter", "configure_from_env", "redact", "register_secret"]
+__all__ = [
+    "ENV",
+    "RedactingFilter",
+    "configure_from_env",
+    "protect",
+    "redact",
+    "redact_bytes",
+    "register_secret",
+]
 
 ENV = "TOGAI_LOG"
 MASK = "<redacted>"  # as request.Redactor
@@ -55,6 +63,13 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_bytes(data: bytes) -> bytes:
+    """``data`` with every known secret masked (a hostile server's body can echo one)."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        data = data.replace(secret.encode("utf-8", "replace"), MASK.encode())
+    return data
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites each record's message (and formatted exception) with ``redact``."""
 
@@ -68,6 +83,32 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+_PROTECTED = (
+    "togai_ingest",
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
+"""Loggers whose records can carry a token: httpcore's DEBUG records print response headers,
+which a hostile server can make echo it."""
+_protecting = RedactingFilter()
+
+
+def protect(secret: str) -> None:
+    """Register ``secret`` (a client's token) and redact the records of this package, httpx
+    and httpcore at the logger, whatever handler prints them (``TOGAI_LOG`` or the
+    application's own)."""
+    register_secret(secret)
+    register_secret(repr(secret)[1:-1])  # as an error text quoting it would show it
+    with _lock:
+        for name in _PROTECTED:
+            logger = logging.getLogger(name)
+            if _protecting not in logger.filters:
+                logger.addFilter(_protecting)
 
 
 def configure_from_env(environ: Mapping[str, str] | None = None) -> logging.Handler | None:

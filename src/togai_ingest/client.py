@@ -21,6 +21,7 @@ import httpx
 import togai_client
 
 from . import metrics
+from ._logging import protect
 from .errors import (
     APIError,
     ClosedError,
@@ -34,11 +35,11 @@ from .request import (
     Answer,
     Batch,
     BearerAuth,
+    BodyReader,
     check_token,
     encoded_batch,
     read_batch,
-    read_capped,
-    scrub_logs,
+    redact_error,
     transport_error,
 )
 from .results import BatchOutcome, SendResult
@@ -175,7 +176,7 @@ class _Base:
         self._proxy = self._route_proxy(url)
         check_route(url, self._proxy, allow_insecure_http)
         self._auth = BearerAuth(token, self._proxy, allow_insecure_http)
-        self._redactor = scrub_logs(token)
+        protect(token)
         self._closed = False
         self._api = self._generated_client()
         _live_clients.add(self)
@@ -238,7 +239,9 @@ class _Base:
         if self._closed:
             raise ClosedError(f"this {type(self).__name__} is closed")
 
-    def _batch_size(self, batch_size: int | None) -> int:
+    def check_batch_size(self, batch_size: object) -> int:
+        """The batch size ``batch_size=`` asks for: the document's maxItems when None; a
+        ``ConfigurationError`` for anything but an int from 1 to maxItems (0 is no default)."""
         if batch_size is None:
             return self.max_batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
@@ -290,7 +293,7 @@ class _Base:
             )
 
     def _answer_error(self, exc: Exception, what: str) -> APIError:
-        return transport_error(exc, what, self._redactor)
+        return transport_error(exc, what)
 
     def _observe(self, answer: Answer | None) -> None:
         """Tell the limiter how the attempt went (None: no answer); it adapts to 429s."""
@@ -303,13 +306,13 @@ class _Base:
 
     def _check_answer(self, answer: Answer, success: Callable[[int], bool]) -> None:
         if not success(answer.status):
-            raise self._redactor.error(error_from_answer(answer))
+            raise redact_error(error_from_answer(answer))
 
     def _read_batch(self, batch: Batch, answer: Answer, outcome: BatchOutcome) -> None:
         try:
             read_batch(batch, answer, outcome, self._batch_success)
         except APIError as error:
-            raise self._redactor.error(error) from None
+            raise redact_error(error) from None
 
     def _settle(
         self, batch: Batch, outcome: BatchOutcome, error: APIError, raise_errors: bool
@@ -426,8 +429,11 @@ class Client(_Base):
         failure: APIError | None = None
         try:
             with attempt_deadline(deadline), self._http().stream("POST", path, content=body) as r:
-                data, truncated = read_capped(r.iter_bytes())
-                answer = Answer(r.status_code, r.headers, data, truncated)
+                reader = BodyReader()
+                for chunk in r.iter_bytes():
+                    if not reader.feed(chunk):
+                        break
+                answer = reader.answer(r.status_code, r.headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             failure = self._answer_error(exc, f"POST {path}")
         metrics.record_request(None if failure else answer.status, time.monotonic() - started)
@@ -496,7 +502,7 @@ class Client(_Base):
         every event read.
         """
         self._check_open()
-        source = _Source(self._batch_size(batch_size))
+        source = _Source(self.check_batch_size(batch_size))
         result = SendResult()
         for batch in source.batches(events):
             outcome = batch.outcome()
@@ -578,9 +584,11 @@ class AsyncClient(_Base):
         try:
             with attempt_deadline(deadline):
                 async with self._http().stream("POST", path, content=body) as r:
-                    chunks = [chunk async for chunk in _capped(r.aiter_bytes())]
-                    data, truncated = read_capped(chunks)
-                    answer = Answer(r.status_code, r.headers, data, truncated)
+                    reader = BodyReader()
+                    async for chunk in r.aiter_bytes():
+                        if not reader.feed(chunk):
+                            break
+                    answer = reader.answer(r.status_code, r.headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             failure = self._answer_error(exc, f"POST {path}")
         metrics.record_request(None if failure else answer.status, time.monotonic() - started)
@@ -642,7 +650,7 @@ class AsyncClient(_Base):
         self._check_loop()
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError("concurrency must be an int of at least 1")
-        source = _Source(self._batch_size(batch_size))
+        source = _Source(self.check_batch_size(batch_size))
         result = SendResult()
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=concurrency)
         fatal: list[APIError] = []
@@ -706,15 +714,3 @@ class AsyncClient(_Base):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _capped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``chunks`` until just past the body cap (the rest is never read)."""
-    from .request import MAX_RESPONSE_BYTES
-
-    size = 0
-    async for chunk in chunks:
-        yield chunk
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            return

@@ -63,7 +63,7 @@ def drain(
     spool cannot be opened (a damaged file is not moved aside: it is the one to salvage)."""
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, not {concurrency!r}")
-    size = batch_size or client.max_batch_size
+    size = client.check_batch_size(batch_size)
     spool = SpoolQueue(path, max_bytes=None, dead_letter=dead_letter, move_damaged=False)
     result = DrainResult()
     lock = threading.Lock()

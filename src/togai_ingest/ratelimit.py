@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from http import HTTPStatus
 from typing import Protocol, runtime_checkable
 
 from . import metrics
@@ -45,8 +46,8 @@ PROBE_DOUBLING = 2.0
 as CUBIC's: slow right after a cut, faster the longer the server says nothing)."""
 MAX_PAUSE = 60.0
 """The longest ``Retry-After`` the limiter honours (as ``RetryPolicy.max_retry_after``)."""
-TOO_MANY_REQUESTS = 429
-SERVICE_UNAVAILABLE = 503
+TOO_MANY_REQUESTS = HTTPStatus.TOO_MANY_REQUESTS
+SERVICE_UNAVAILABLE = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 @runtime_checkable

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
+from ._logging import redact, redact_bytes
 from .errors import (
     APIConnectionError,
     APIError,
@@ -34,11 +34,10 @@ __all__ = [
     "Answer",
     "Batch",
     "BearerAuth",
-    "Redactor",
+    "BodyReader",
     "encode",
     "read_batch",
-    "read_capped",
-    "scrub_logs",
+    "redact_error",
     "transport_error",
 ]
 
@@ -48,87 +47,23 @@ MAX_RESPONSE_BYTES = 1 << 20
 """At most this many bytes of an answer are read (1 MiB; a full 207 of 100 rejected events
 at the document's limits is well under it); the rest is never read into memory."""
 
-_BEARER = re.compile(r"(?i)(bearer)(\s+|\\x20|%20)[^\s'\",)\]}]+")
 
-
-class Redactor:
-    """Removes the token from any text or bytes that could echo it (an h11 error quoting a
-    header value, a hostile server's body), and any ``Bearer <credential>``."""
-
-    def __init__(self, token: str) -> None:
-        self._texts = sorted({token, repr(token)[1:-1], token.encode().hex()}, key=len)[::-1]
-
-    def text(self, value: str) -> str:
-        for secret in self._texts:
-            if secret:
-                value = value.replace(secret, "<redacted>")
-        return _BEARER.sub(r"\1 <redacted>", value)
-
-    def data(self, value: bytes) -> bytes:
-        for secret in self._texts:
-            if secret:
-                value = value.replace(secret.encode("utf-8", "replace"), b"<redacted>")
-        return value
-
-    def error(self, error: APIError) -> APIError:
-        """``error`` with every text it carries redacted (in place)."""
-        error.args = tuple(self.text(a) if isinstance(a, str) else a for a in error.args)
-        for name in ("message",):
-            value = getattr(error, name, None)
-            if isinstance(value, str):
-                setattr(error, name, self.text(value))
-        body = getattr(error, "body", None)
-        if isinstance(body, bytes):
-            error.body = self.data(body)  # type: ignore[attr-defined]
-        headers = getattr(error, "headers", None)
-        if isinstance(headers, httpx.Headers):
-            error.headers = httpx.Headers(  # type: ignore[attr-defined]
-                [(k, self.text(v)) for k, v in headers.multi_items()]
-            )
-        return error
-
-
-class _LogScrubber(logging.Filter):
-    """Redacts every live client's token from the records of httpx and httpcore, whose DEBUG
-    logs print response headers (a hostile server can echo the token in one)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.redactors: dict[str, Redactor] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.redactors:
-            return True
-        text = record.getMessage()
-        scrubbed = text
-        for redactor in list(self.redactors.values()):
-            scrubbed = redactor.text(scrubbed)
-        if scrubbed != text:
-            record.msg, record.args = scrubbed, ()
-        return True
-
-
-_SCRUBBER = _LogScrubber()
-_SCRUBBED_LOGGERS = (
-    "httpx",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "togai_ingest",
-)
-
-
-def scrub_logs(token: str) -> Redactor:
-    """The token's redactor, also applied to the records of httpx, httpcore and this package."""
-    redactor = _SCRUBBER.redactors.get(token)
-    if redactor is None:
-        redactor = _SCRUBBER.redactors[token] = Redactor(token)
-        for name in _SCRUBBED_LOGGERS:
-            logger = logging.getLogger(name)
-            if _SCRUBBER not in logger.filters:
-                logger.addFilter(_SCRUBBER)
-    return redactor
+def redact_error(error: APIError) -> APIError:
+    """``error`` with every text it carries redacted (in place): its message, the server's
+    message, body and headers, which a hostile server can make echo the token."""
+    error.args = tuple(redact(a) if isinstance(a, str) else a for a in error.args)
+    message = getattr(error, "message", None)
+    if isinstance(message, str):
+        error.message = redact(message)  # type: ignore[attr-defined]
+    body = getattr(error, "body", None)
+    if isinstance(body, bytes):
+        error.body = redact_bytes(body)  # type: ignore[attr-defined]
+    headers = getattr(error, "headers", None)
+    if isinstance(headers, httpx.Headers):
+        error.headers = httpx.Headers(  # type: ignore[attr-defined]
+            [(k, redact(v)) for k, v in headers.multi_items()]
+        )
+    return error
 
 
 def check_token(token: object) -> str:
@@ -153,7 +88,7 @@ class BearerAuth(httpx.Auth):
     shows in a repr, log or error."""
 
     def __init__(self, token: str, proxy: str | None, allow_insecure_http: bool = False) -> None:
-        self._token = check_token(token)
+        self._token = token  # checked by ``check_token``
         self._proxy = proxy
         self._allow_insecure_http = allow_insecure_http
 
@@ -171,13 +106,11 @@ def encode(payload: Any) -> bytes:
     return orjson.dumps(payload)
 
 
-def transport_error(exc: Exception, what: str, redactor: Redactor) -> APIError:
+def transport_error(exc: Exception, what: str) -> APIError:
     """httpx's exception -> ours; the text is redacted (h11 quotes bad header values)."""
     if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(
-            f"{what} timed out ({type(exc).__name__}: {redactor.text(str(exc))})"
-        )
-    return APIConnectionError(f"{what} failed: {type(exc).__name__}: {redactor.text(str(exc))}")
+        return APITimeoutError(f"{what} timed out ({type(exc).__name__}: {redact(str(exc))})")
+    return APIConnectionError(f"{what} failed: {type(exc).__name__}: {redact(str(exc))}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,16 +123,24 @@ class Answer:
     truncated: bool = False
 
 
-def read_capped(chunks: Iterable[bytes], cap: int = MAX_RESPONSE_BYTES) -> tuple[bytes, bool]:
-    """The first ``cap`` bytes of ``chunks``, and whether there was more (not read)."""
-    parts: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        parts.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            return b"".join(parts)[:cap], True
-    return b"".join(parts), False
+class BodyReader:
+    """The first ``cap`` bytes of an answer, fed chunk by chunk: the rest is never read."""
+
+    def __init__(self, cap: int = MAX_RESPONSE_BYTES) -> None:
+        self.cap = cap
+        self.truncated = False
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False once past the cap (stop reading)."""
+        self._parts.append(chunk)
+        self._size += len(chunk)
+        self.truncated = self._size > self.cap
+        return not self.truncated
+
+    def answer(self, status: int, headers: httpx.Headers) -> Answer:
+        return Answer(status, headers, b"".join(self._parts)[: self.cap], self.truncated)
 
 
 @dataclass(slots=True)

@@ -169,13 +169,7 @@ class BackgroundSender:
         _positive(exit_timeout, "exit_timeout", allow_none=False)
         self._owns_client = client is None
         self.client = client if client is not None else Client(**client_options)
-        limit = self.client.max_batch_size
-        size = limit if batch_size is None else batch_size
-        _refuse(
-            not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= limit,
-            f"batch_size must be 1 to {limit} (the API's maxItems), not {batch_size!r}",
-        )
-        self.batch_size = size
+        self.batch_size = self.client.check_batch_size(batch_size)
         self.max_queue_size = max_queue_size
         self.flush_interval = float(flush_interval)
         self.when_full = when_full

@@ -208,7 +208,18 @@ class SpoolQueue:
         """Serialise opening (and moving aside) between processes: a lock file beside it."""
         fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + self.busy_timeout
+            while True:  # bounded: a process stopped while holding the lock must not hang us
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SpoolError(
+                            f"the spool {self.path} is being opened by another process that "
+                            f"holds {self.path}.lock for over {self.busy_timeout:g} s"
+                        ) from None
+                    time.sleep(0.01)
             yield
         finally:
             os.close(fd)

@@ -158,30 +158,23 @@ def encode_event(event: EventLike, where: str = "event") -> EncodedEvent:
     one that cannot be encoded as UTF-8 JSON (a lone surrogate, a key that is not a string,
     bytes). Whatever this accepts can be sent.
     """
-    kind = type(event)
-    if kind is dict:  # the common cases first: isinstance against a union costs
-        wire: Any = event
-    elif kind is EncodedEvent:
-        return event  # type: ignore[return-value]
-    elif kind is Event:
-        wire = _model_to_wire(event, where)  # type: ignore[arg-type]
-    elif isinstance(event, EncodedEvent):
+    if isinstance(event, EncodedEvent):
         return event
-    elif isinstance(event, Event):
-        wire = _model_to_wire(event, where)
+    if isinstance(event, Event):
+        wire: Any = _model_to_wire(event, where)
     elif isinstance(event, Mapping):
         wire = event
     else:
         raise ValidationError(
             where, f"must be a togai_client.models.Event or a dict, not {type(event).__name__}"
         )
-    validator = _event_validator()
+    readable = True
     try:
-        valid = validator.is_valid(wire)
+        valid = _event_validator().is_valid(wire)
     except _UNREADABLE:
-        valid = False
+        valid = readable = False
     if not valid:
-        if type(wire) is not dict or not _is_json_like(wire):
+        if type(wire) is not dict or not readable:
             # A Mapping that is not a dict, or subclasses of str, dict or list inside: what
             # would be sent is what the encoder makes of it, so validate that.
             wire = _plain(wire, where)
@@ -226,14 +219,6 @@ def _unencodable_path(value: Any, path: list[str | int], depth: int) -> list[str
     except _UNREADABLE:
         return path
     return None
-
-
-def _is_json_like(wire: Any) -> bool:
-    try:
-        _event_validator().is_valid(wire)
-    except _UNREADABLE:
-        return False
-    return True
 
 
 def _reason(exc: BaseException) -> str:

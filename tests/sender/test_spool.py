@@ -275,3 +275,24 @@ def test_a_forked_child_shares_the_spool_and_nothing_is_sent_twice(tmp_path: Pat
     assert sorted(srv.ledger) == sorted(expected)
     assert set(srv.deliveries.values()) == {1}
     assert SpoolQueue(tmp_path / "s").ids() == []
+
+
+def test_a_process_holding_the_open_lock_costs_a_bounded_wait(tmp_path: Path) -> None:
+    """Another process stopped (SIGSTOP, a debugger) while it opens the spool must not hang
+    this one: after ``busy_timeout`` the put raises a named error."""
+    import fcntl
+    import os
+
+    from togai_ingest.errors import SpoolError
+    from togai_ingest.validation import encode_event
+
+    spool = tmp_path / "s"
+    holder = os.open(f"{spool}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SpoolError, match="lock"):
+            SpoolQueue(spool, busy_timeout=0.3).put(encode_event(wire_event(id="out")), 1.0)
+        assert time.monotonic() - started < 5.0
+    finally:
+        os.close(holder)
