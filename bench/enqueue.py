@@ -17,6 +17,7 @@ memory p99 <= 50 us; drain >= 95 % of the quota.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -146,12 +147,14 @@ def drain_run(count: int, folder: Path, quota: float = 50, latency: float = 0.05
 
 def run(events: int = 20_000, rounds: int = 3, drain_events: int = 100_000) -> str:
     results: dict[str, list[EnqueueResult]] = {mode: [] for mode in MODES}
+    loads = [os.getloadavg()[0]]  # the machine is shared: the figures depend on its load
     with tempfile.TemporaryDirectory() as tmp, SinkProcess(parse="count") as sink:
         folder = Path(tmp)
         for round_ in range(rounds):
             work = _events(events, seed=round_)
             for mode in MODES:  # alternating, round by round
                 results[mode].append(enqueue_round(sink.url, mode, work, folder))
+                loads.append(os.getloadavg()[0])
         per_event = spool_bytes_per_event(_events(20_000, seed=99), folder)
         drained = drain_run(drain_events, folder) if drain_events else None
     lines = [
@@ -172,7 +175,12 @@ def run(events: int = 20_000, rounds: int = 3, drain_events: int = 100_000) -> s
         p50 = statistics.median(r.p50_us for r in rows)
         p99 = statistics.median(r.p99_us for r in rows)
         lines.append(f"| {mode} | {rate:,.0f} | {p50:,.0f} us | {p99:,.0f} us | {targets[mode]} |")
-    lines += ["", f"Spool size on disk: {per_event:,.0f} bytes per event."]
+    lines += [
+        "",
+        f"Load average (1 min) during the rounds: {min(loads):.1f} to {max(loads):.1f} "
+        f"on {os.cpu_count()} cores.",
+        f"Spool size on disk: {per_event:,.0f} bytes per event.",
+    ]
     if drained is not None:
         lines.append(
             f"Drain of {drained.events:,} spooled events against the sink (quota "

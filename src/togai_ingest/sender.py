@@ -21,12 +21,14 @@ failing every batch one after the other.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import math
 import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,21 +198,35 @@ class BackgroundSender:
                 self._ensure_worker()
 
     def _start_fresh(self) -> None:
+        # The enqueue path takes no lock (4 threads enqueueing at once spent most of their
+        # time waking each other up through contended locks): it uses only operations that
+        # are atomic under the GIL (itertools.count, set.add/discard, deque.append, attribute
+        # reads). Everything else (the books, the report, the worker) is under ``_lock``, which
+        # the worker, flush and close take, never a successful enqueue.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._seq = 0
+        self._seqs = itertools.count()  # enqueue numbers; flush and close take one as a mark
+        # What enqueue tells the books: (seq, event) queued, (seq, None) not queued after
+        # all. Applied under the lock (``_absorb``) before the books are read or settled: an
+        # event is logged before it is put, so before the worker can take it.
+        self._log: deque[tuple[int, EncodedEvent | None]] = deque()
+        self._entering: set[int] = set()  # enqueues between the closed check and their end
         self._outstanding: dict[int, EncodedEvent] = {}  # enqueued, no final outcome yet
         self._by_id: dict[str, list[int]] = {}
         self._deferred: set[int] = set()  # failed, kept spooled for a later attempt
         self._flushing = 0
-        self._putting = 0  # enqueues between the closed check and the end of put
         self._report = DeliveryReport()
         self._worker: _Worker | None = None
 
     def _ensure_worker(self) -> None:
+        """Call with the lock held."""
         if self._worker is None:
             self._worker = _Worker(self)
             self._worker.start()
+
+    def _start_worker(self) -> None:
+        with self._lock:
+            self._ensure_worker()
 
     # -- the application's side ------------------------------------------------------------
 
@@ -225,42 +241,28 @@ class BackgroundSender:
             raise
         except Exception as exc:  # the encoder must not let anything else out
             raise ValidationError("event", f"cannot be encoded: {exc!r}") from None
-        with self._lock:
+        seq = next(self._seqs)
+        entering = self._entering
+        entering.add(seq)  # before the closed check: close waits for it (see close)
+        try:
             if self._closed:
                 raise ClosedError(f"the sender is closed; event {encoded.id!r} not queued")
-            seq = self._seq
-            self._seq += 1
-            self._outstanding[seq] = encoded
-            self._by_id.setdefault(encoded.id, []).append(seq)
-            self._ensure_worker()
-            if not self._queue.durable:
-                # In memory a put that finds room is quick: done under this lock, so that an
-                # enqueue takes one contended lock, not three (4 threads enqueueing at once
-                # spent most of their time waking each other up).
-                try:
-                    self._queue.put(encoded, 0.0)
-                    return
-                except QueueFullError:
-                    if self.when_full == "raise":
-                        self._forget(seq, encoded.id)
-                        metrics.record_events("queue_full")
-                        raise
-            self._putting += 1
-        timeout = 0.0 if self.when_full == "raise" else self.block_timeout
-        try:
-            self._queue.put(encoded, timeout)
-        except BaseException as exc:
-            with self._lock:
-                self._forget(seq, encoded.id)
-            if isinstance(exc, QueueFullError):
-                metrics.record_events("queue_full")
-            if isinstance(exc, TogaiError) or not isinstance(exc, Exception):
-                raise
-            raise SpoolError(f"event {encoded.id!r} was not queued: {exc!r}") from exc
+            if self._worker is None:
+                self._start_worker()
+            self._log.append((seq, encoded))
+            try:
+                self._queue.put(encoded, 0.0 if self.when_full == "raise" else self.block_timeout)
+            except BaseException as exc:
+                self._log.append((seq, None))
+                if isinstance(exc, QueueFullError):
+                    metrics.record_events("queue_full")
+                if isinstance(exc, TogaiError) or not isinstance(exc, Exception):
+                    raise
+                raise SpoolError(f"event {encoded.id!r} was not queued: {exc!r}") from exc
         finally:
-            with self._lock:
-                self._putting -= 1
-                if self._closed:
+            entering.discard(seq)
+            if self._closed:
+                with self._lock:
                     self._changed.notify_all()  # close waits for the enqueues under way
 
     def flush(self, timeout: float | None = None) -> DeliveryReport:
@@ -269,8 +271,8 @@ class BackgroundSender:
         Returns and resets the report of what happened since the last report."""
         _positive(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
+        target = next(self._seqs)  # every enqueue that returned before this has a lower seq
         with self._lock:
-            target = self._seq
             self._flushing += 1
         self._queue.wake()
         try:
@@ -288,14 +290,17 @@ class BackgroundSender:
         with self._lock:
             already = self._closed
             self._closed = True
-            target = self._seq
-            worker = self._worker
+        # An enqueue that finds the sender open registered in ``_entering`` (after taking its
+        # seq) before it looked: so it has a seq below ``target`` and close waits for it.
+        target = next(self._seqs)
         if already:
             return self._take_report(target)
         deadline = None if timeout is None else time.monotonic() + timeout
         self._queue.close()  # from here a put raises ClosedError or has been queued
         with self._lock:  # every enqueue under way has now either queued its event or raised
-            self._changed.wait_for(lambda: self._putting == 0)
+            while self._entering:  # a put's own wait is bounded (block_timeout, close)
+                self._changed.wait(0.05)
+            worker = self._worker
         if worker is not None:
             worker.stop()
             self._queue.wake()
@@ -347,17 +352,31 @@ class BackgroundSender:
     def __repr__(self) -> str:
         where = f"spool_path={str(self.spool_path)!r}, " if self.spool_path else ""
         return (
-            f"BackgroundSender({where}pending={len(self._outstanding)}, "
+            f"BackgroundSender({where}pending={len(self._outstanding) + len(self._log)}, "
             f"batch_size={self.batch_size}, flush_interval={self.flush_interval}, "
             f"when_full={self.when_full!r})"
         )
 
     # -- the books -------------------------------------------------------------------------
 
-    def _forget(self, seq: int, event_id: str) -> None:
+    def _absorb(self) -> None:
+        """Apply what enqueue logged to the books. Call with the lock held."""
+        log, outstanding, by_id = self._log, self._outstanding, self._by_id
+        for _ in range(len(log)):  # entries logged meanwhile wait for the next call
+            seq, encoded = log.popleft()
+            if encoded is None:
+                self._forget(seq)
+            else:
+                outstanding[seq] = encoded
+                by_id.setdefault(encoded.id, []).append(seq)
+
+    def _forget(self, seq: int) -> None:
         """Call with the lock held."""
-        self._outstanding.pop(seq, None)
+        encoded = self._outstanding.pop(seq, None)
         self._deferred.discard(seq)
+        if encoded is None:
+            return
+        event_id = encoded.id
         seqs = self._by_id.get(event_id)
         if seqs is not None:
             if seq in seqs:
@@ -368,6 +387,7 @@ class BackgroundSender:
     def _settle(self, event_ids: Sequence[str], deferred: bool = False) -> None:
         """These events reached a final outcome (or, ``deferred``, stay spooled after a
         failed attempt). Call with the lock held."""
+        self._absorb()
         for event_id in event_ids:
             seqs = self._by_id.get(event_id)
             if not seqs:
@@ -375,7 +395,7 @@ class BackgroundSender:
             if deferred:
                 self._deferred.add(next((s for s in seqs if s not in self._deferred), seqs[0]))
             else:
-                self._forget(seqs[0], event_id)
+                self._forget(seqs[0])
 
     def _record(self, outcome: BatchOutcome, accepted: int) -> None:
         with self._lock:
@@ -388,6 +408,8 @@ class BackgroundSender:
             _call(self.on_failed, list(outcome.failed))
 
     def _waiting_for(self, target: int) -> list[int]:
+        """Call with the lock held."""
+        self._absorb()
         return [s for s in self._outstanding if s < target and s not in self._deferred]
 
     def _wait_settled(self, target: int, deadline: float | None) -> None:
@@ -404,7 +426,7 @@ class BackgroundSender:
                     for s in waiting:
                         event = self._outstanding.get(s)
                         if event is not None and event.id not in held:
-                            self._forget(s, event.id)
+                            self._forget(s)
             with self._lock:
                 if not self._waiting_for(target):
                     return
@@ -418,6 +440,7 @@ class BackgroundSender:
         if closing and isinstance(self._queue, MemoryQueue):
             undelivered = self._queue.drain_all()
         with self._lock:
+            self._absorb()
             report, self._report = self._report, DeliveryReport()
             for item in undelivered:
                 self._settle([item.event.id])
@@ -429,7 +452,7 @@ class BackgroundSender:
                 report.in_flight = [e.wire() for e in unsettled]
             if closing and not self._queue.durable:
                 for s in [s for s in self._outstanding if s < target]:
-                    self._forget(s, self._outstanding[s].id)
+                    self._forget(s)
         return report
 
     def _reset_after_fork(self) -> None:

@@ -5,11 +5,19 @@ Storage: the standard library's ``sqlite3`` in WAL mode, one table ``events`` (r
 install, one file (plus ``-wal``/``-shm`` and a ``.lock`` file that serialises opening), safe
 for several processes (SQLite's locks; leases below). Figures: ``bench/enqueue.py``.
 
-- ``put`` returns once the event is committed. Commits are grouped: the ``put`` that finds no
-  commit under way commits, in one statement and one transaction (and, in ``"power"`` mode,
-  one fsync), every event queued while the previous commit ran; the others wait for it.
-  Checkpoints (which fsync) run in a maintenance thread on their own connection, never on the
-  enqueue path; the same thread renews leases.
+- ``put`` returns once the event is committed. Commits are grouped by one writer thread: a
+  ``put`` adds its row to the open group (a few bytecodes under one lock, no per-event work)
+  and waits on that group's own gate; the writer takes the whole group, commits it in one
+  statement and one transaction (and, in ``"power"`` mode, one fsync), and opens the gate.
+  Events put while a commit runs form the next group. The worker's write transactions (the
+  lease of ``take``, ``ack``, ``release``) are run by the writer too, between two commits, on
+  the same connection: one process never waits for itself in SQLite's busy handler (which
+  sleeps milliseconds), and the writer never waits for a worker thread that holds the
+  connection while it waits for the GIL or a CPU (each is one statement, bar an ``ack`` that
+  keeps dead letters). The writer (``togai-spool-writer``, a daemon) starts at the first put
+  or transaction, stops in ``shutdown`` once what is pending is committed, and is made anew
+  in a forked child. Checkpoints (which fsync) run in a maintenance thread on their own
+  connection, never on the enqueue path; the same thread renews leases.
 - Durability ``"process"`` (``synchronous=NORMAL``): a committed event survives the death of
   the process (kill -9, OOM, a crash); a power loss or kernel crash may lose the last commits.
   ``"power"`` (``synchronous=FULL``): the WAL is fsynced at every commit, a committed event
@@ -35,8 +43,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +56,8 @@ __all__ = ["Durability", "SpoolQueue"]
 log = logging.getLogger("togai_ingest")
 
 Durability = Literal["process", "power"]
-_LEADER_ROUNDS = 4  # groups one put commits at most (its own, then those that wait)
 _MAX_GROUP = 500  # events per commit (SQLite allows 32,766 variables in a statement)
+_WAIT_SLICE = 1.0  # seconds a put waits for its commit before it looks at the writer again
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -72,13 +79,46 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 
 
-@dataclass(eq=False)
 class _Group:
-    """Events waiting for the next commit, and the commit's result."""
+    """Events waiting for the next commit, and the commit's result. ``gate`` is locked until
+    the commit is over; each waiting put acquires it and releases it at once (the next one
+    goes through): cheaper than an Event, and no Condition shared by every put."""
 
-    rows: list[tuple[str, bytes]] = field(default_factory=list)
-    finished: bool = False
-    error: SpoolError | None = None
+    __slots__ = ("error", "finished", "gate", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, bytes]] = []
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.finished = False
+        self.error: SpoolError | None = None
+
+    def finish(self, error: SpoolError | None = None) -> None:
+        if not self.finished:
+            self.error = self.error or error
+            self.finished = True
+            self.gate.release()
+
+
+class _Job:
+    """Work of the worker's side (a lease, an acknowledgement) that the writer thread runs on
+    its connection between two group commits; ``gate`` as in ``_Group``."""
+
+    __slots__ = ("error", "finished", "gate", "result", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        self.work = work
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.finished:
+            self.error = self.error or error
+            self.finished = True
+            self.gate.release()
 
 
 def _error(exc: sqlite3.Error, what: str) -> SpoolError:
@@ -154,15 +194,22 @@ class SpoolQueue:
         self._io = threading.RLock()  # every use of the connection
         self._conn: sqlite3.Connection | None = None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._wcond = threading.Condition(threading.Lock())
+        # The put side: one lock for the open group, the counts and the writer's state.
+        self._wlock = threading.Lock()
+        self._room = threading.Condition(self._wlock)  # puts waiting for room
         self._group = _Group()
-        self._committing = False
+        self._jobs: list[_Job] = []  # the worker's write transactions, for the writer
+        self._writer: threading.Thread | None = None
+        self._writer_idle = False  # the writer sleeps on ``_kick`` (locked while it sleeps)
+        self._kick = threading.Lock()
+        self._kick.acquire()
+        self._blocked = 0  # puts waiting for room
         self._maintainer: threading.Thread | None = None
+        self._halt = threading.Event()  # the maintenance thread stops
         self._ckpt_lock = threading.Lock()  # the checkpointing connection
         self._commits = 0
         self._stopping = False
         self._closed = False
-        self._room = threading.Condition(threading.Lock())
         self._count = 0
         self._bytes = 0
         self._leased: dict[int, int] = {}  # seq -> body bytes
@@ -170,6 +217,8 @@ class SpoolQueue:
         self._committed = threading.Condition(threading.Lock())
         self._fresh = 0  # events committed here since the worker last counted
         self._want = 1  # events the worker waits for
+        self._taking = False  # the worker waits in take for ``_want`` events
+        self._backlog = False  # the last lease was a full batch: lease again without counting
         self._last_reap = 0.0
 
     # --- Opening, and damage.
@@ -259,7 +308,7 @@ class SpoolQueue:
         conn = self._conn
         assert conn is not None
         count, size = conn.execute("SELECT count(*), sum(length(body)) FROM events").fetchone()
-        with self._room:
+        with self._wlock:
             self._count, self._bytes = int(count), int(size or 0)
             self._room.notify_all()
 
@@ -270,96 +319,183 @@ class SpoolQueue:
             self.max_bytes is not None and self._bytes + size > self.max_bytes
         )
 
-    def _reserve(self, size: int, timeout: float | None, event_id: str) -> None:
-        """Count the event in, or wait for room (``timeout``), or raise ``QueueFullError``.
-        The counts are this process's; at the bound they are read again from the file (other
-        processes add and remove events too), not on every put (a scan of the table)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        recounted = False
-        while True:
-            with self._room:
-                if self._closed or not self._full(size):
-                    self._count += 1
-                    self._bytes += size
-                    return
-                if recounted:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise QueueFullError(
-                            f"the spool {self.path} is full ({self._count} events, "
-                            f"{self._bytes} bytes); event {event_id!r} was not queued"
-                        )
-                    self._room.wait(0.25 if remaining is None else min(remaining, 0.25))
-            with contextlib.suppress(sqlite3.Error, SpoolError), self._io:
-                self._connection()
-                self._refresh_counts()
-            recounted = True
-
     def put(self, event: EncodedEvent, timeout: float | None) -> None:
         size = len(event.json)
-        self._reserve(size, timeout, event.id)
-        with self._wcond:
-            if self._closed:
-                self._wcond.notify_all()
-                leader = closed = True
-            else:
-                closed = False
-                if len(self._group.rows) >= _MAX_GROUP:
-                    self._group = _Group()
-                group = self._group
-                group.rows.append((event.id, event.json))
-                # Group commit: whoever finds no commit under way commits every event queued
-                # so far in one transaction; the others wait for that commit or lead the next.
-                while not group.finished and self._committing:
-                    self._wcond.wait()
-                leader = not group.finished
-                if leader:
-                    self._committing = True
-                    if self._group is group:
-                        self._group = _Group()
-        if closed:
-            self._uncount(1, size)
-            raise ClosedError(f"the sender is closed; event {event.id!r} was not queued")
-        if leader:
-            if self._maintainer is None:
-                self._start_maintenance()
-            self._lead(group)
+        row = (event.id, event.json)
+        with self._wlock:
+            group = None if self._closed or self._full(size) else self._add(row, size)
+        if group is None:
+            group = self._add_when_room(row, size, timeout)
+        if self._writer is None:
+            self._start_writer()
+        gate = group.gate
+        while not gate.acquire(timeout=_WAIT_SLICE):
+            # A slow commit (SQLite's busy_timeout bounds it), or no writer: start one, or
+            # give up on one that is gone without saying so (it always says so).
+            writer = self._writer
+            if writer is None:
+                self._start_writer()
+            elif not writer.is_alive() and not group.finished:
+                group.finish(SpoolError(f"the spool writer of {self.path} stopped"))
+        gate.release()  # the next put waiting for this group goes through
         if group.error is not None:
             self._uncount(1, size)
             raise type(group.error)(f"{group.error}; event {event.id!r} was not spooled")
 
-    def _lead(self, group: _Group) -> None:
-        """Commit ``group``, then (a few times at most) the group that filled up meanwhile:
-        its members are waiting, so it goes now rather than after a newcomer's own commit."""
-        current = group
-        for round_ in range(_LEADER_ROUNDS):
-            try:
-                self._commit(current)
-            except BaseException:
-                with self._wcond:
-                    current.error = current.error or SpoolError("the commit was interrupted")
-                    current.finished = True
-                    self._committing = False
-                    self._wcond.notify_all()
-                raise
-            with self._wcond:
-                current.finished = True
-                waiting = self._group
-                more = round_ + 1 < _LEADER_ROUNDS and bool(waiting.rows)
-                if more:
-                    self._group = _Group()
-                    current = waiting
-                else:
-                    self._committing = False
-                self._wcond.notify_all()
-            if not more:
-                return
+    def _add(self, row: tuple[str, bytes], size: int) -> _Group:
+        """Count the event in and add it to the open group. Call with ``_wlock`` held."""
+        self._count += 1
+        self._bytes += size
+        group = self._group
+        group.rows.append(row)
+        if len(group.rows) >= _MAX_GROUP:
+            self._group = _Group()
+        if self._writer_idle:
+            self._writer_idle = False
+            self._kick.release()
+        return group
+
+    def _add_when_room(self, row: tuple[str, bytes], size: int, timeout: float | None) -> _Group:
+        """The spool is full (or closed): wait for room up to ``timeout``, or raise
+        ``QueueFullError`` (``ClosedError``). The counts are this process's; at the bound they
+        are read again from the file (other processes add and remove events too), not on
+        every put (a scan of the table)."""
+        event_id = row[0]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._wlock:
+                if self._closed:
+                    raise ClosedError(f"the sender is closed; event {event_id!r} was not queued")
+                if not self._full(size):
+                    return self._add(row, size)
+            with contextlib.suppress(sqlite3.Error, SpoolError), self._io:
+                self._connection()
+                self._refresh_counts()
+            with self._wlock:
+                if self._closed:
+                    raise ClosedError(f"the sender is closed; event {event_id!r} was not queued")
+                if not self._full(size):
+                    return self._add(row, size)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise QueueFullError(
+                        f"the spool {self.path} is full ({self._count} events, "
+                        f"{self._bytes} bytes); event {event_id!r} was not queued"
+                    )
+                self._blocked += 1
+                try:
+                    self._room.wait(0.25 if remaining is None else min(remaining, 0.25))
+                finally:
+                    self._blocked -= 1
 
     def _uncount(self, count: int, size: int) -> None:
-        with self._room:
+        with self._wlock:
             self._count = max(0, self._count - count)
             self._bytes = max(0, self._bytes - size)
-            self._room.notify_all()
+            if self._blocked:
+                self._room.notify_all()
+
+    # --- The writer thread: group commit.
+
+    def _start_writer(self) -> None:
+        with self._wlock:
+            if self._writer is not None:
+                return
+            self._writer = threading.Thread(
+                target=self._write, name="togai-spool-writer", daemon=True
+            )
+        self._writer.start()
+
+    def _write(self) -> None:
+        """Commit each group that has rows, until ``shutdown`` (which waits for what is
+        pending). Whatever happens, no put is left waiting on a group nobody commits."""
+        current: _Group | None = None
+        jobs: list[_Job] = []
+        try:
+            self._start_maintenance()
+            fresh = _Group()  # made outside the lock
+            while True:
+                with self._wlock:
+                    # Take the open group and the jobs, leaving fresh ones in their place:
+                    # what is added from here on waits for the next round.
+                    group, jobs = self._group, self._jobs
+                    self._jobs = []
+                    if group.rows:
+                        self._group = fresh
+                    elif not jobs:
+                        if self._stopping:
+                            return
+                        self._writer_idle = True
+                if group.rows:
+                    current = group
+                    self._commit(group)
+                    group.finish()
+                    current = None
+                    fresh = _Group()
+                elif not jobs:
+                    self._sleep()
+                    continue
+                for job in jobs:  # after the commit its puts wait for
+                    try:
+                        with self._io:
+                            job.result = job.work(self._connection())
+                    except Exception as exc:
+                        job.error = exc
+                    job.finish()
+        except BaseException as exc:
+            with self._wlock:  # a bug: fail what waits; the next put starts a new writer
+                pending, self._group = self._group, _Group()
+                waiting, self._jobs = self._jobs, []
+                if self._writer is threading.current_thread():
+                    self._writer = None
+            if isinstance(exc, Exception):
+                log.exception("the spool writer of %s stopped", self.path)
+            error = SpoolError(f"the spool writer of {self.path} stopped: {exc!r}")
+            for failed in (current, pending):
+                if failed is not None:
+                    failed.finish(error)
+            for job in [*jobs, *waiting]:
+                job.finish(error)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _sleep(self) -> None:
+        """Wait for a put (or shutdown) to release ``_kick``; bounded."""
+        if self._kick.acquire(timeout=0.5):
+            return  # released by a put (which cleared ``_writer_idle``); locked again
+        with self._wlock:
+            if self._writer_idle:
+                self._writer_idle = False  # nobody released it: it is still locked
+                return
+        self._kick.acquire()  # a put released it just now: lock it again (at once)
+
+    def _on_writer(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``work(conn)`` on the writer thread (its connection) and return what it returns,
+        or raise what it raised. After ``shutdown`` began, here under ``_io``."""
+        job = _Job(work)
+        with self._wlock:
+            inline = self._stopping
+            if not inline:
+                self._jobs.append(job)
+                if self._writer_idle:
+                    self._writer_idle = False
+                    self._kick.release()
+        if inline:
+            with self._io:
+                return work(self._connection())
+        if self._writer is None:
+            self._start_writer()
+        gate = job.gate
+        while not gate.acquire(timeout=_WAIT_SLICE):
+            writer = self._writer
+            if writer is None:
+                self._start_writer()
+            elif not writer.is_alive() and not job.finished:
+                job.finish(SpoolError(f"the spool writer of {self.path} stopped"))
+        gate.release()
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     def _commit(self, group: _Group) -> None:
         try:
@@ -373,15 +509,17 @@ class SpoolQueue:
             group.error = _error(exc, f"cannot write to the spool {self.path}")
         except SpoolError as exc:
             group.error = exc
+        except Exception as exc:  # nothing but a SpoolError reaches a put
+            group.error = SpoolError(f"cannot write to the spool {self.path}: {exc!r}")
         if group.error is None:
             self._commits += 1
             self._fresh += len(group.rows)
-            if self._fresh >= self._want:
+            if self._taking and self._fresh >= self._want:
                 with self._committed:
                     self._committed.notify_all()
 
     def _start_maintenance(self) -> None:
-        with self._wcond:
+        with self._wlock:
             if self._maintainer is None and not self._stopping:
                 self._maintainer = threading.Thread(
                     target=self._maintain, name="togai-spool-maintenance", daemon=True
@@ -396,10 +534,8 @@ class SpoolQueue:
         renewed = time.monotonic()
         try:
             while True:
-                with self._wcond:
-                    self._wcond.wait_for(lambda: self._stopping, 0.25)
-                    if self._stopping:
-                        return
+                if self._halt.wait(0.25):
+                    return
                 with contextlib.suppress(sqlite3.Error, SpoolError):
                     if self._commits:
                         self._commits = 0
@@ -439,14 +575,16 @@ class SpoolQueue:
                 conn.execute("UPDATE events SET owner = NULL, due = 0 WHERE owner = ?", (owner,))
 
     def _due(self, limit: int) -> int:
-        with self._io:
-            conn = self._connection()
+        def count(conn: sqlite3.Connection) -> int:
             self._reap(conn)
             row = conn.execute(
                 "SELECT count(*) FROM (SELECT 1 FROM events WHERE due <= ? LIMIT ?)",
                 (time.time(), limit),
             ).fetchone()
-        return int(row[0])
+            return int(row[0])
+
+        result: int = self._on_writer(count)
+        return result
 
     def take(self, max_items: int, wait: float) -> list[Item]:
         deadline = time.monotonic() + wait
@@ -454,23 +592,34 @@ class SpoolQueue:
         try:
             while True:
                 # Count what is due only when this process committed a batch's worth, or
-                # every 0.25 s (other processes' events): not at every commit.
+                # every 0.25 s (other processes' events): not at every commit; and not at
+                # all while the last lease was a full batch (a backlog) or nothing can wait.
                 self._fresh = 0
-                if self._woken or self._due(max_items) >= max_items:
+                if self._woken or self._backlog or wait <= 0:
+                    break
+                if self._due(max_items) >= max_items:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 with self._committed:
-                    self._committed.wait_for(
-                        lambda: self._woken or self._fresh >= max_items, min(remaining, 0.25)
-                    )
+                    self._taking = True
+                    try:
+                        self._committed.wait_for(
+                            lambda: self._woken or self._fresh >= max_items, min(remaining, 0.25)
+                        )
+                    finally:
+                        self._taking = False
             self._woken = False
-            return self._lease(
+            items = self._lease(
                 "SELECT seq FROM events WHERE due <= ? ORDER BY seq LIMIT ?",
                 (time.time(), max_items),
+                reap=True,
             )
+            self._backlog = len(items) >= max_items
+            return items
         except (sqlite3.Error, SpoolError) as exc:
+            self._backlog = False
             log.error("cannot read the spool %s: %s; trying again in 1 s", self.path, exc)
             time.sleep(1.0)
             return []
@@ -491,21 +640,22 @@ class SpoolQueue:
             row = self._connection().execute("SELECT max(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def _lease(self, select: str, params: tuple[float | int, ...]) -> list[Item]:
-        with self._io:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                rows = conn.execute(
-                    f"UPDATE events SET owner = ?, due = ? WHERE seq IN ({select}) "
-                    "RETURNING seq, id, body, attempts",
-                    (self.owner, time.time() + self.lease_seconds, *params),
-                ).fetchall()
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+    def _lease(
+        self, select: str, params: tuple[float | int, ...], reap: bool = False
+    ) -> list[Item]:
+        def lease(conn: sqlite3.Connection) -> list[Any]:
+            if reap:
+                self._reap(conn)
+            # One statement: its own transaction (SQLite takes the write lock when it starts,
+            # with the busy handler), and one call into SQLite for the writer thread.
+            rows: list[Any] = conn.execute(
+                f"UPDATE events SET owner = ?, due = ? WHERE seq IN ({select}) "
+                "RETURNING seq, id, body, attempts",
+                (self.owner, time.time() + self.lease_seconds, *params),
+            ).fetchall()
+            return rows
+
+        rows: list[Any] = self._on_writer(lease)
         rows.sort()
         if rows and self._maintainer is None:
             self._start_maintenance()
@@ -515,22 +665,28 @@ class SpoolQueue:
             Item(seq, EncodedEvent(i, bytes(body)), attempts) for seq, i, body, attempts in rows
         ]
 
-    def _transaction(self, items: Sequence[Item], what: str, work: Any) -> None:
-        """Run ``work(conn)`` in one write transaction. If it fails the leases of ``items`` are
-        no longer renewed: the events come back when the lease expires (an accepted event is
-        then sent again: harmless, its id is the same). Raises ``SpoolError``."""
+    def _transaction(self, items: Sequence[Item], what: str, work: Any, atomic: bool) -> None:
+        """Run ``work(conn)`` on the writer (in one write transaction if ``atomic``; else it is
+        one statement, a transaction of its own). If it fails the leases of ``items`` are no
+        longer renewed: the events come back when the lease expires (an accepted event is then
+        sent again: harmless, its id is the same). Raises ``SpoolError``."""
+
+        def transaction(conn: sqlite3.Connection) -> None:
+            if not atomic:
+                work(conn)
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
         try:
-            with self._io:
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    raise
+            self._on_writer(transaction)
         except sqlite3.Error as exc:
             for item in items:
                 self._leased.pop(item.key, None)
@@ -540,9 +696,10 @@ class SpoolQueue:
         every = [*items, *(item for item, _ in dead)]
         if not every:
             return
+        letters = bool(dead) and self.dead_letter
 
         def work(conn: sqlite3.Connection) -> None:
-            if dead and self.dead_letter:
+            if letters:
                 conn.executemany(
                     "INSERT OR REPLACE INTO dead_letter (seq, id, body, reason, at) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -551,7 +708,7 @@ class SpoolQueue:
             marks = ", ".join("?" * len(every))
             conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", [i.key for i in every])
 
-        self._transaction(every, "acknowledge events", work)
+        self._transaction(every, "acknowledge events", work, atomic=letters)
         size = sum(self._leased.pop(i.key, len(i.event.json)) for i in every)
         self._uncount(len(every), size)
 
@@ -560,13 +717,14 @@ class SpoolQueue:
             return
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.executemany(
+            marks = ", ".join("?" * len(items))
+            conn.execute(
                 "UPDATE events SET owner = NULL, due = ?, attempts = attempts + 1 "
-                "WHERE seq = ? AND owner = ?",
-                [(time.time() + delay, i.key, self.owner) for i in items],
+                f"WHERE owner = ? AND seq IN ({marks})",
+                [time.time() + delay, self.owner, *(i.key for i in items)],
             )
 
-        self._transaction(items, "release events", work)
+        self._transaction(items, "release events", work, atomic=False)
         for item in items:
             self._leased.pop(item.key, None)
 
@@ -576,8 +734,7 @@ class SpoolQueue:
         return delay * (1.0 - 0.25 * random.random())
 
     def size(self) -> int:
-        with self._room:
-            return self._count
+        return self._count
 
     def ids(self) -> list[str]:
         try:
@@ -608,20 +765,28 @@ class SpoolQueue:
             self._committed.notify_all()
 
     def close(self) -> None:
-        with self._wcond:
+        with self._wlock:
             self._closed = True
-        with self._room:
             self._room.notify_all()
 
     def shutdown(self) -> None:
         """Commit what is pending, give back this process's leases, close the connection."""
         self.close()
-        with self._wcond:
+        with self._wlock:
             self._stopping = True
-            self._wcond.notify_all()
-            maintainer = self._maintainer
-        if maintainer is not None:
-            maintainer.join()
+            pending = bool(self._group.rows)
+            if self._writer_idle:
+                self._writer_idle = False
+                self._kick.release()
+        if pending and self._writer is None:
+            self._start_writer()  # a put added its row and has not started it yet
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(self.busy_timeout + 5.0)  # its commit is bounded by busy_timeout
+        self._halt.set()
+        maintainer = self._maintainer
+        if maintainer is not None and maintainer is not threading.current_thread():
+            maintainer.join(self.busy_timeout + 5.0)
         with self._io:
             if self._conn is None:
                 return

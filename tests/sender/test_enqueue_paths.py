@@ -1,0 +1,387 @@
+"""The enqueue fast paths (issue 8's enqueue cost): the in-memory put takes no lock, the spool's
+put joins a group that one writer thread commits. What they must still guarantee: nothing lost
+or doubled under concurrent puts, a put that returned is committed, group commit shares
+commits, a put racing close or shutdown stored its event or raised ``ClosedError``, and the
+writer thread is a daemon, stopped by ``shutdown``, made again after a fork, and never leaves a
+put waiting when it fails."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SECRET
+from tests.faultserver import FaultServer
+from tests.unit.conftest import wire_event
+from togai_ingest import BackgroundSender, Client, RetryPolicy
+from togai_ingest.errors import ClosedError, QueueFullError, SpoolError
+from togai_ingest.queues import Item, MemoryQueue
+from togai_ingest.spool import SpoolQueue
+from togai_ingest.validation import EncodedEvent, encode_event
+
+ROOT = Path(__file__).resolve().parents[2]
+THREADS = 6
+
+
+def _event(event_id: str) -> EncodedEvent:
+    return EncodedEvent(event_id, b'{"id":"%s"}' % event_id.encode())
+
+
+def _run(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a put did not return"
+
+
+def _committed_ids(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+# --- In memory.
+
+
+def test_memory_puts_from_many_threads_while_taking_lose_and_double_nothing() -> None:
+    queue = MemoryQueue(10**6)
+    per_thread = 3000
+    taken: list[Item] = []
+    done = threading.Event()
+
+    def take() -> None:
+        while not done.is_set() or queue.size():
+            items = queue.take(100, 0.01)
+            queue.ack(items)
+            taken.extend(items)
+
+    def put(slot: int) -> None:
+        for i in range(per_thread):
+            queue.put(_event(f"m{slot}-{i}"), 0)
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    _run([threading.Thread(target=put, args=(k,)) for k in range(THREADS)])
+    done.set()
+    taker.join(30)
+    ids = [item.event.id for item in taken]
+    assert len(ids) == len(set(ids)) == THREADS * per_thread
+    assert len({item.key for item in taken}) == len(taken), "keys are unique"
+    for slot in range(THREADS):  # each thread's events in the order it put them
+        mine = [int(i.split("-")[1]) for i in ids if i.startswith(f"m{slot}-")]
+        assert mine == sorted(mine)
+
+
+def test_a_full_memory_queue_raises_and_overshoots_by_at_most_the_putting_threads() -> None:
+    queue = MemoryQueue(200)
+    returned: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def put(slot: int) -> None:
+        for i in range(400):
+            event_id = f"f{slot}-{i}"
+            try:
+                queue.put(_event(event_id), 0)
+            except QueueFullError as exc:
+                assert event_id in str(exc)
+                with lock:
+                    refused.append(event_id)
+                continue
+            with lock:
+                returned.append(event_id)
+
+    _run([threading.Thread(target=put, args=(k,)) for k in range(THREADS)])
+    held = queue.ids()
+    assert sorted(held) == sorted(returned), "every put that returned is queued, no other"
+    assert 200 <= len(held) <= 200 + THREADS - 1
+    assert len(returned) + len(refused) == THREADS * 400
+
+
+def test_a_blocked_memory_put_goes_on_when_a_take_makes_room() -> None:
+    queue = MemoryQueue(2)
+    queue.put(_event("a"), 0)
+    queue.put(_event("b"), 0)
+    threading.Timer(0.2, lambda: queue.ack(queue.take(1, 0))).start()
+    started = time.monotonic()
+    queue.put(_event("c"), 5.0)
+    assert 0.15 <= time.monotonic() - started < 4.0
+    assert queue.ids() == ["b", "c"]
+
+
+def test_close_ends_a_blocked_memory_put_with_closed_error() -> None:
+    queue = MemoryQueue(1)
+    queue.put(_event("a"), 0)
+    threading.Timer(0.2, queue.close).start()
+    with pytest.raises(ClosedError, match="'b'"):
+        queue.put(_event("b"), None)
+
+
+def test_a_waiting_take_wakes_for_a_full_batch_not_at_its_deadline() -> None:
+    queue = MemoryQueue(100)
+    got: list[list[Item]] = []
+    taker = threading.Thread(target=lambda: got.append(queue.take(5, 10.0)))
+    taker.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    for i in range(5):
+        queue.put(_event(f"w{i}"), 0)
+    taker.join(5)
+    assert time.monotonic() - started < 4.0
+    assert [item.event.id for item in got[0]] == [f"w{i}" for i in range(5)]
+
+
+# --- The spool.
+
+
+def test_spool_group_commit_shares_commits_and_a_returned_put_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    real = SpoolQueue._commit
+
+    def counting(self: SpoolQueue, group: Any) -> None:
+        commits.append(len(group.rows))
+        real(self, group)
+
+    monkeypatch.setattr(SpoolQueue, "_commit", counting)
+    path = tmp_path / "s"
+    queue = SpoolQueue(path)
+    per_thread = 300
+    unseen: list[str] = []
+
+    def put(slot: int) -> None:
+        reader = sqlite3.connect(path)  # another connection: sees only what is committed
+        try:
+            for i in range(per_thread):
+                event_id = f"g{slot}-{i}"
+                queue.put(_event(event_id), None)
+                if i % 30 == 0:
+                    row = reader.execute("SELECT 1 FROM events WHERE id = ?", (event_id,))
+                    if row.fetchone() is None:
+                        unseen.append(event_id)
+        finally:
+            reader.close()
+
+    _run([threading.Thread(target=put, args=(k,)) for k in range(THREADS)])
+    queue.shutdown()
+    assert unseen == [], "a put returned before its event was committed"
+    assert sum(commits) == THREADS * per_thread
+    assert len(commits) < THREADS * per_thread, "concurrent puts must share commits"
+    ids = _committed_ids(path)
+    assert sorted(ids) == sorted(f"g{k}-{i}" for k in range(THREADS) for i in range(per_thread))
+
+
+def test_spool_puts_racing_shutdown_stored_their_event_or_raised_closed(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    queue = SpoolQueue(path)
+    returned: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+    started = threading.Barrier(THREADS + 1)
+
+    def put(slot: int) -> None:
+        started.wait()
+        for i in range(2000):
+            event_id = f"r{slot}-{i}"
+            try:
+                queue.put(_event(event_id), 1.0)
+            except ClosedError:
+                with lock:
+                    refused.append(event_id)
+                continue
+            with lock:
+                returned.append(event_id)
+
+    threads = [threading.Thread(target=put, args=(k,)) for k in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    time.sleep(0.1)
+    queue.shutdown()
+    for thread in threads:
+        thread.join(60)
+    assert refused, "shutdown came too late to race the puts"
+    ids = _committed_ids(path)
+    assert sorted(ids) == sorted(returned)
+    assert not set(ids) & set(refused)
+    assert len(returned) + len(refused) == THREADS * 2000
+
+
+def test_the_spool_writer_is_a_daemon_stopped_by_shutdown(tmp_path: Path) -> None:
+    queue = SpoolQueue(tmp_path / "s")
+    assert queue._writer is None, "no thread before the first put"
+    queue.put(_event("one"), None)
+    writer = queue._writer
+    assert writer is not None and writer.is_alive() and writer.daemon
+    assert writer.name == "togai-spool-writer"
+    queue.shutdown()
+    assert not writer.is_alive()
+    with pytest.raises(ClosedError):
+        queue.put(_event("two"), None)
+    assert _committed_ids(tmp_path / "s") == ["one"]
+
+
+def test_a_failing_writer_fails_the_waiting_put_and_the_next_put_starts_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = SpoolQueue(tmp_path / "s")
+    real = SpoolQueue._commit
+
+    def bug(self: SpoolQueue, group: Any) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(SpoolQueue, "_commit", bug)
+    with caplog.at_level(logging.ERROR, logger="togai_ingest"):
+        started = time.monotonic()
+        with pytest.raises(SpoolError, match=r"writer.*'lost'"):
+            queue.put(_event("lost"), None)
+        assert time.monotonic() - started < 10
+    assert "spool writer" in caplog.text
+    monkeypatch.setattr(SpoolQueue, "_commit", real)
+    queue.put(_event("kept"), None)
+    queue.shutdown()
+    assert _committed_ids(tmp_path / "s") == ["kept"]
+
+
+def test_a_full_disk_fails_every_put_of_the_group_with_its_own_id(tmp_path: Path) -> None:
+    queue = SpoolQueue(tmp_path / "s", max_page_count=40)
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def put(slot: int) -> None:
+        for i in range(3000):
+            event_id = f"d{slot}-{i}"
+            try:
+                queue.put(encode_event(wire_event(id=event_id)), None)
+            except SpoolError as exc:
+                assert f"'{event_id}'" in str(exc)
+                with lock:
+                    failures.append(event_id)
+                return
+
+    _run([threading.Thread(target=put, args=(k,)) for k in range(THREADS)])
+    queue.shutdown()
+    assert len(failures) == THREADS
+    assert not set(failures) & set(_committed_ids(tmp_path / "s"))
+
+
+def test_after_fork_the_child_gets_its_own_writer(tmp_path: Path) -> None:
+    code = """
+    import os, sys, sqlite3
+    from togai_ingest.spool import SpoolQueue
+    from togai_ingest.validation import EncodedEvent
+    queue = SpoolQueue(sys.argv[1])
+    queue.put(EncodedEvent("parent-1", b'{}'), None)
+    parent_writer = queue._writer
+    pid = os.fork()
+    if pid == 0:
+        ok = queue._writer is None
+        queue.put(EncodedEvent("child-1", b'{}'), None)
+        ok = ok and queue._writer is not None and queue._writer is not parent_writer
+        ok = ok and queue._writer.daemon and queue._writer.is_alive()
+        queue.shutdown()
+        os._exit(0 if ok else 3)
+    queue.put(EncodedEvent("parent-2", b'{}'), None)
+    _, status = os.waitpid(pid, 0)
+    queue.shutdown()
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    assert not parent_writer.is_alive()
+    ids = sorted(r[0] for r in sqlite3.connect(sys.argv[1]).execute("SELECT id FROM events"))
+    assert ids == ["child-1", "parent-1", "parent-2"], ids
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "s")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stderr
+
+
+# --- The sender on a spool: enqueue racing close.
+
+
+def test_spooled_enqueue_racing_close_leaves_no_event_unreported(tmp_path: Path) -> None:
+    with FaultServer(token=SECRET, latency=0.002) as srv:
+        client = Client(SECRET, base_url=srv.url, rate_limit=None, retry=RetryPolicy(max_retries=0))
+        spool = tmp_path / "s"
+        sender = BackgroundSender(client, spool_path=spool, flush_interval=0.01, batch_size=10)
+        refused: list[str] = []
+        returned: list[str] = []
+        lock = threading.Lock()
+
+        def produce(slot: int) -> None:
+            for i in range(400):
+                event_id = f"t{slot}-{i}"
+                try:
+                    sender.enqueue(wire_event(id=event_id))
+                except ClosedError:
+                    with lock:
+                        refused.append(event_id)
+                    continue
+                with lock:
+                    returned.append(event_id)
+
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.1)
+        report = sender.close(timeout=0.05)
+        for thread in threads:
+            thread.join(60)
+    held = set(SpoolQueue(spool).ids())
+    assert not set(refused) & (held | set(srv.ledger))
+    assert set(report.spooled) <= set(returned)
+    # Every event whose enqueue returned is delivered, or named and still in the spool.
+    assert set(returned) <= set(srv.ledger) | (set(report.spooled) & held)
+    assert len(returned) + len(refused) == 1600
+
+
+def test_the_writer_runs_each_job_of_the_worker_once_between_commits(tmp_path: Path) -> None:
+    """The worker's transactions (lease, ack, release) run on the writer thread while puts
+    keep it committing: each exactly once (a job added during a commit once ran twice)."""
+    queue = SpoolQueue(tmp_path / "s")
+    stop = threading.Event()
+    runs: list[int] = []
+
+    def put() -> None:
+        i = 0
+        while not stop.is_set():
+            queue.put(_event(f"j-{i}"), None)
+            i += 1
+
+    putter = threading.Thread(target=put)
+    putter.start()
+
+    def job(n: int) -> Callable[[sqlite3.Connection], int]:
+        def run(conn: sqlite3.Connection) -> int:
+            runs.append(n)
+            return n
+
+        return run
+
+    try:
+        for n in range(300):
+            assert queue._on_writer(job(n)) == n
+    finally:
+        stop.set()
+        putter.join(30)
+    queue.shutdown()
+    assert runs == list(range(300))
