@@ -406,12 +406,30 @@ def send(
 @click.option(
     "--rejected",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write every rejected or failed event here (JSON Lines with its reason), as send does.",
+    help="Write every rejected, failed, invalid or unreadable event here (JSON Lines with "
+    "its reason), as send does.",
 )
 @click.option(
-    "--dead-letter", is_flag=True, help="Keep rejected events in the spool's dead_letter table."
+    "--dead-letter",
+    is_flag=True,
+    help="Keep rejected events in the spool's dead_letter table (not in a salvage: the "
+    "damaged file is never written).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No summary.")
+@click.option(
+    "--salvage",
+    "force_salvage",
+    is_flag=True,
+    help="Salvage SPOOL even if SQLite can open it (e.g. a spool whose -wal was lost). "
+    "A damaged spool, or a file the sender moved aside (*.corrupt-*), is always salvaged.",
+)
+@click.option(
+    "--progress-interval",
+    type=_Finite(min=0.05, max=86400),
+    default=5.0,
+    show_default=True,
+    help="Seconds between progress lines when stderr is not a terminal.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary; errors only.")
 def drain(
     spool: Path,
     base_url: str,
@@ -423,19 +441,29 @@ def drain(
     timeout: float,
     rejected: Path | None,
     dead_letter: bool,
+    force_salvage: bool,
+    progress_interval: float,
     quiet: bool,
 ) -> None:
     """Send every event the background sender's SPOOL file holds, then remove it from the
     spool. Safe while live senders use the same spool (their events are left to them).
     Failed events stay spooled for the next run. The token is read from TOGAI_API_TOKEN.
 
-    Exit status: 0 every event accepted, 1 some rejected, failed or left, 2 usage, spool
-    or token error.
+    A damaged SPOOL (or one moved aside as SPOOL.corrupt-*) is salvaged: every event that
+    can still be read is sent, the rest is counted; the file is only read, and renamed
+    *.salvaged once every readable event has an outcome. Never while a process has it open.
+
+    Exit status: 0 every event accepted, 1 some rejected, failed, invalid, unreadable or
+    left, 2 usage, spool or token error.
     """
+    import threading
     import time as _time
 
     from . import drain as _drain
+    from . import salvage as _salvage
     from .errors import SpoolError
+    from .progress import Display
+    from .results import BatchOutcome
 
     token = os.environ.get(TOKEN_ENV)
     if not token:
@@ -443,46 +471,147 @@ def drain(
     if rejected is not None and rejected.exists() and os.path.samefile(rejected, spool):
         _fail(f"{rejected} is the spool; choose another path")
     client = _client(Client, token, base_url, timeout, retries, rate_limit, rate_limit_url)
+    salvaging = force_salvage or ".corrupt-" in spool.name or _salvage.damaged(spool)
     try:
         sink = None if rejected is None else backfill._RejectedFile(rejected, None)
     except OSError as error:
         _fail(f"cannot open {rejected}: {error.strerror or error}")
-    started = _time.monotonic()
-    try:
-        result = _drain.drain(
-            spool,
-            client,
-            batch_size=batch_size,
-            concurrency=concurrency,
-            dead_letter=dead_letter,
-        )
-    except SpoolError as error:
-        _fail(str(error))
-    finally:
-        client.close()
-    seconds = _time.monotonic() - started
-    problems = [("rejected", r.event, r.message) for r in result.rejected]
-    problems += [("failed", f.event, str(f.error)) for f in result.failed]
-    for kind, event, reason in problems:
+    mode = "none" if quiet else "bar" if sys.stderr.isatty() else "lines"
+    shown = [0]
+    display = [Display(None, 0, "none", progress_interval)]
+    stop = threading.Event()
+
+    def start(total: int | None) -> None:
+        display[0] = Display(total, 0, mode, progress_interval)
+        display[0].__enter__()
+        if mode == "lines":
+            threading.Thread(target=tick, name="togai-drain-progress", daemon=True).start()
+
+    def tick() -> None:
+        while not stop.wait(progress_interval):
+            display[0].note(display[0].line())
+
+    def problem(kind: str, event: Any, reason: str) -> None:
         if sink is not None:
             sink.write(kind, event, reason, f"{spool}")
-    if sink is not None:
-        sink.close()
-    for kind, event, reason in problems[:10]:
-        event_id = event.get("id") if isinstance(event, dict) else None
-        click.echo(f"{spool}: {kind}: {event_id}: {reason}", err=True)
+        if shown[0] < 10:
+            event_id = event.get("id") if isinstance(event, dict) else None
+            named = f"{event_id}: " if event_id is not None else ""
+            display[0].note(f"{spool}: {kind}: {named}{reason}")
+        shown[0] += 1
+
+    def on_batch(outcome: BatchOutcome, _result: _drain.DrainResult) -> None:
+        for r in outcome.rejected:
+            problem("rejected", r.event, r.message)
+        for f in outcome.failed:
+            problem("failed", f.event, str(f.error))
+        for i in outcome.invalid:
+            problem("invalid", i.event, str(i.error))
+        display[0].advance(outcome.count)
+
+    started = _time.monotonic()
+    try:
+        if salvaging and not quiet:
+            display[0].note(
+                f"togai-ingest: {spool} is damaged or was moved aside: salvaging it "
+                "(read only): every event that can still be read is sent"
+                if not force_salvage
+                else f"togai-ingest: salvaging {spool} (read only)"
+            )
+        if salvaging:
+            start(None)
+            result = _salvage.salvage(
+                spool, client, batch_size=batch_size, concurrency=concurrency, on_batch=on_batch
+            )
+        else:
+            result = _drain.drain(
+                spool,
+                client,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                dead_letter=dead_letter,
+                on_batch=on_batch,
+                on_start=start,
+            )
+    except SpoolError as error:
+        _fail(str(error))
+    except OSError as error:  # writing the rejected file
+        _fail(f"cannot write: {error}")
+    finally:
+        stop.set()
+        display[0].__exit__()
+        client.close()
+    seconds = _time.monotonic() - started
+    damage = result.damage
+    try:
+        if damage is not None and sink is not None:
+            for _, event_id, reason in damage.rows:
+                if event_id is not None:
+                    sink.write("unreadable", {"id": event_id}, reason, f"{spool}")
+        if sink is not None:
+            sink.close()
+    except OSError as error:
+        _fail(f"cannot write {rejected}: {error}")
+    if damage is not None:
+        if not quiet:
+            read = f"{damage.rows_read:,} rows read from {damage.pages_read:,} pages"
+            click.echo(f"salvage: {read}", err=True)
+        for line in damage.describe():
+            click.echo(line, err=True)
+    if shown[0] > 10:
+        where = rejected if sink is not None else "(pass --rejected PATH to keep)"
+        click.echo(f"togai-ingest: {shown[0] - 10:,} more problems: {where}", err=True)
     if not quiet:
         click.echo(_drain.summary(result, seconds))
         if sink is not None and sink.count:
             click.echo(f"rejected file: {rejected} ({sink.count:,} events)")
     if result.aborted is not None:
+        kept = "the file is left as it is" if salvaging else "the events stay spooled"
         click.echo(
             f"togai-ingest: error: the API refused the token ({result.aborted}); "
-            f"check {TOKEN_ENV}; the events stay spooled",
+            f"check {TOKEN_ENV}; {kept}",
             err=True,
         )
         raise SystemExit(EXIT_USAGE)
+    if salvaging:
+        _after_salvage(spool, result)
     raise SystemExit(EXIT_OK if result.ok else EXIT_SOME_NOT_ACCEPTED)
+
+
+def _after_salvage(spool: Path, result: Any) -> None:
+    """What becomes of the damaged file, on stderr: left as it is while events failed (run
+    again), else renamed *.salvaged, unchanged, with the command to delete it."""
+    from . import salvage as _salvage
+
+    damage = result.damage
+    if result.failed:
+        click.echo(
+            f"togai-ingest: {len(result.failed):,} events failed: {spool} is left as it is; "
+            "run the same command again to send them (what was accepted is sent again, "
+            "harmlessly: same ids)",
+            err=True,
+        )
+        return
+    moved = _salvage.finish(spool)
+    if moved is None:
+        click.echo(f"togai-ingest: salvaged; {spool} is left as it is", err=True)
+        return
+    import shlex
+
+    names = [f"{moved}{s}" for s in ("", "-wal", "-shm") if Path(f"{moved}{s}").exists()]
+    files = " ".join(map(shlex.quote, names))
+    click.echo(
+        f"togai-ingest: salvaged: every readable event has an outcome; {spool} is renamed "
+        f"{moved} (unchanged; it is not salvaged again). Delete it when you no longer need "
+        f"it: rm -- {files}",
+        err=True,
+    )
+    if damage is not None and not damage.none:
+        click.echo(
+            f"togai-ingest: what could not be read is lost to this tool; `sqlite3 {moved} "
+            ".recover` may read more",
+            err=True,
+        )
 
 
 if __name__ == "__main__":

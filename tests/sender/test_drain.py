@@ -1,10 +1,13 @@
-"""``togai-ingest drain PATH`` on real spool files, as a subprocess: the summary, the
-``--rejected`` file and the exit statuses of ``send``; safe beside a live sender."""
+"""``togai-ingest drain PATH`` on real spool files, as a subprocess: the progress, summary,
+``--rejected`` file and exit statuses of ``send``; safe beside a live sender; a damaged row
+is invalid, a damaged file is salvaged (``test_salvage.py``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ from tests.cli import TOKEN, environment, run_cli
 from tests.faultserver import FaultServer
 from tests.unit.conftest import wire_event
 from togai_ingest import BackgroundSender, Client, RetryPolicy
+from togai_ingest.salvage import layout
 from togai_ingest.spool import SpoolQueue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,14 +89,79 @@ def test_drain_beside_a_live_sender_sends_nothing_twice(tmp_path: Path) -> None:
     assert SpoolQueue(spool).ids() == []
 
 
-def test_drain_of_a_damaged_file_fails_and_leaves_it_alone(tmp_path: Path) -> None:
+def test_drain_of_a_garbage_file_salvages_it_and_never_changes_it(tmp_path: Path) -> None:
     spool = tmp_path / "garbage.spool"
     garbage = os.urandom(4096)
     spool.write_bytes(garbage)
     done = run_cli("drain", spool, "--base-url", "http://127.0.0.1:9")
-    assert done.returncode == 2
-    assert "togai-ingest: error: cannot open the spool" in done.stderr
-    assert spool.read_bytes() == garbage
+    assert done.returncode == 1, done.stderr  # nothing readable: one page unreadable
+    assert f"togai-ingest: {spool} is damaged or was moved aside: salvaging it" in done.stderr
+    assert "salvage: 1 page unreadable (they may have held events)" in done.stderr
+    assert "summary: 0 accepted, 0 rejected, 0 failed, 0 invalid; 0 events" in done.stdout
+    assert not spool.exists()
+    assert Path(f"{spool}.salvaged").read_bytes() == garbage
+
+
+def test_drain_shows_progress_like_send(tmp_path: Path) -> None:
+    spool = tmp_path / "app.spool"
+    _left_behind(spool, [f"p-{i}" for i in range(1500)])
+    with FaultServer(token=TOKEN, latency=0.05) as srv:
+        done = run_cli(
+            "drain", spool, "--base-url", srv.url, "--concurrency", "1", "--rate-limit", "0",
+            "--progress-interval", "0.2",
+        )  # fmt: skip
+        quiet = run_cli("drain", spool, "--base-url", srv.url, "--quiet")
+    assert done.returncode == 0, done.stderr
+    progress = [line for line in done.stderr.splitlines() if line.startswith("progress: ")]
+    assert len(progress) >= 2, done.stderr
+    for line in progress:
+        assert re.fullmatch(
+            r"progress: [\d,]+ events of 1,500 \(\d+%\), ETA [\d:?]+, [\d,]+ events/s, "
+            r"[\d:]+ elapsed",
+            line,
+        ), line
+    counts = [int(line.split()[1].replace(",", "")) for line in progress]
+    assert counts == sorted(counts) and counts[-1] <= 1500
+    assert "\x1b[" not in done.stderr
+    assert "summary: 1,500 accepted, 0 rejected, 0 failed, 0 invalid; 1,500 events" in done.stdout
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_drain_reports_a_damaged_row_as_invalid_not_a_bad_request(tmp_path: Path) -> None:
+    spool, rejected = tmp_path / "app.spool", tmp_path / "rejected.jsonl"
+    _left_behind(spool, [f"r-{i}" for i in range(20)])
+    shape = layout()  # where the spool keeps its events, learned from the spool itself
+    conn = sqlite3.connect(spool)
+    with conn:
+        names = [row[1] for row in conn.execute(f'PRAGMA table_info("{shape.table}")')]
+        id_col, body_col = names[shape.id_col], names[shape.body_col]
+        conn.execute(
+            f'UPDATE "{shape.table}" SET {body_col} = CAST(substr({body_col}, 1, 30) AS BLOB) '
+            f"WHERE {id_col} = 'r-3'"
+        )
+        conn.execute(
+            f'UPDATE "{shape.table}" SET {body_col} = '
+            f"CAST(replace({body_col}, '\"r-4\"', '\"r-X\"') AS BLOB) WHERE {id_col} = 'r-4'"
+        )
+    conn.close()
+    with FaultServer(token=TOKEN) as srv:
+        done = run_cli(
+            "drain", spool, "--base-url", srv.url, "--rejected", rejected, "--dead-letter"
+        )
+    assert done.returncode == 1, done.stderr
+    assert not srv.violations
+    assert sorted(srv.ledger) == sorted(f"r-{i}" for i in range(20) if i not in (3, 4))
+    assert "summary: 18 accepted, 0 rejected, 0 failed, 2 invalid; 20 events" in done.stdout
+    entries = [json.loads(line) for line in rejected.read_text().splitlines()]
+    assert sorted(e["kind"] for e in entries) == ["invalid", "invalid"]
+    assert any("not JSON (a damaged row)" in e["reason"] for e in entries)
+    assert any("is not the event's id 'r-X'" in e["reason"] for e in entries)
+    queue = SpoolQueue(spool)
+    try:
+        assert queue.ids() == []
+        assert sorted(i for i, _, _ in queue.dead_letters()) == ["r-3", "r-4"]
+    finally:
+        queue.shutdown()
 
 
 def test_drain_with_a_refused_token_keeps_the_events(tmp_path: Path) -> None:
