@@ -1,6 +1,7 @@
 """The fleet run: several processes share one quota (issue 9).
 
-``python -m bench.fleet`` starts the bench sink (50 requests/s token bucket, 50 ms latency) and
+``python -m bench.fleet`` starts the bench sink (a token bucket at the document's quota,
+``x-togai-rate-limit``, 50 requests/s; 50 ms latency) and
 runs 8 processes x 5,000 events through ``togai_ingest.AsyncClient`` (its defaults: batches of
 100, 4 in flight, the default retry policy) three ways: a fixed per-process limit at the quota
 that ignores the server (the client before issue 9), the adaptive limit alone (the default),
@@ -30,6 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from togai_ingest.spec import spec
+
 from .sink import SinkProcess
 
 __all__ = ["FleetResult", "RedisServer", "fleet_run", "main", "render"]
@@ -37,7 +40,8 @@ __all__ = ["FleetResult", "RedisServer", "fleet_run", "main", "render"]
 Mode = Literal["fixed", "adaptive", "shared"]
 MODES: tuple[Mode, ...] = ("fixed", "adaptive", "shared")
 _ROOT = Path(__file__).resolve().parent.parent
-QUOTA = 50.0
+QUOTA = spec().requests_per_second
+"""The document's quota (``info.x-togai-rate-limit``): the sink's bucket and every limit."""
 LATENCY = 0.05
 BATCH = 100
 TARGETS: dict[Mode, tuple[float, float]] = {
@@ -181,6 +185,7 @@ async def _work(args: argparse.Namespace) -> dict[str, Any]:
         sys.stdin.readline()  # the common start
         started_at = time.time()
         started = time.perf_counter()
+        started_mono = time.monotonic()
         done: list[float] = []
         result = await client.send(
             events, batch_size=BATCH, collect=False, on_batch=lambda _: done.append(time.time())
@@ -188,6 +193,10 @@ async def _work(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         ended_at = time.time()
         rate = getattr(client.rate_limiter, "rate", None)
+        history = {
+            name: [round(t - started_mono, 3) for t in getattr(client.rate_limiter, attr, ())]
+            for name, attr in (("sends", "_sent"), ("refused", "_refused"))
+        }
         throttles = getattr(client.rate_limiter, "throttles", None)
     return {
         "sent": len(events),
@@ -199,6 +208,7 @@ async def _work(args: argparse.Namespace) -> dict[str, Any]:
         "done": done,
         "rate": rate,
         "throttles": throttles,
+        **(history if os.environ.get("FLEET_DEBUG") else {}),
     }
 
 
@@ -439,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=MODES,
         default=None,
-        help="one run of that mode; prints each worker (FLEET_DEBUG=1: its batches' end times "
-        "and the limiter's log)",
+        help="one run of that mode; prints each worker (FLEET_DEBUG=1: its batches' end times, "
+        "the limiter's log, and when its latest requests went and 429s came)",
     )
     args = parser.parse_args(argv)
     if args.only is not None:

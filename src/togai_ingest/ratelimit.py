@@ -2,8 +2,9 @@
 
 ``RateLimiter`` paces requests: each caller reserves the next free time slot (slots are
 ``1/rate`` apart) under a lock and sleeps until it outside the lock, which serves threads and
-asyncio tasks alike. Its rate adapts to the server (AIMD, see ``RateLimiter``): the client
-calls ``observe(status, retry_after)`` after every attempt.
+asyncio tasks alike. Its rate adapts to the server (a throttle cuts it to the rate this
+process actually got through, success probes back up; see ``RateLimiter``): the client calls
+``observe(status, retry_after)`` after every attempt.
 
 Any object with the ``Limiter`` protocol can be passed as ``rate_limit``; ``limiter_from``
 puts it behind an adaptive ``RateLimiter`` so that the server's signals are honoured whatever
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import threading
 import time
 import weakref
@@ -30,18 +32,34 @@ __all__ = ["Limiter", "RateLimiter", "limiter_from"]
 
 log = logging.getLogger("togai_ingest")
 _clock = time.monotonic  # tests replace it
+_random = random.random  # tests replace it
 
-BETA = 0.5
-"""Multiplicative decrease: a throttle halves the rate actually sent."""
+BETA = 0.85
+"""A throttle leaves at most this share of the rate. The delivered rate makes the deep cuts
+(a fleet's first wave); ``BETA`` only makes sure that every cut takes something, gently
+(CUBIC and botocore take 0.7 of a rate they cannot measure): a process cut deeper than its
+share becomes the fleet's slow tail."""
+HORIZON = 1.0
+"""Seconds of the server's own burst assumed when the delivered rate is measured from the
+start of a busy stretch: a gateway's bucket starts full, so a fleet that starts together gets
+its quota plus a burst before the first 429, and ``HORIZON`` keeps that burst out of the rate
+(the document gives the quota, not the burst; a bucket of one second's quota is the usual)."""
+WINDOW = 4.0
+"""The longest window (seconds) the delivered rate is measured over."""
+SAMPLES = 16
+"""The window reaches back to the latest this many requests (within ``WINDOW``)."""
+MIN_SAMPLES = 4
+"""Fewer requests than this in the window tell nothing: the cut is then ``BETA``'s alone."""
+MIN_SPAN = 0.1
+"""A window shorter than this (seconds) is counted as this long."""
+MAX_GAP = 0.5
+"""Seconds between two requests (or two intervals of the rate, if longer) that end a busy
+stretch: idle time is not a rate."""
+SPACING = 0.5
+"""Without a burst, requests go at least this share of an interval apart, as they really go."""
 GUARD = 0.25
 """Throttles this soon after a cut answer requests sent before it: they cut nothing."""
-WINDOW = 2.0
-"""Seconds over which the rate actually sent is measured."""
-MIN_SPAN = 0.1
-"""Fewer seconds of sending than this tell nothing about the rate actually sent."""
-MAX_GAP = 0.5
-"""A gap this long between two requests ends a busy stretch (idle time is not a rate)."""
-PROBE_DOUBLING = 2.0
+PROBE_DOUBLING = 6.0
 """The additive increase doubles every this many seconds without a throttle (convex probing,
 as CUBIC's: slow right after a cut, faster the longer the server says nothing)."""
 MAX_PAUSE = 60.0
@@ -79,23 +97,35 @@ class RateLimiter:
     """Requests paced at an adaptive rate, never above ``per_second``.
 
     The rate starts at ``per_second`` (a process alone uses the whole quota at once) and
-    follows AIMD, time-based so that it does not depend on latency:
+    adapts to the server's signals, time-based so that it does not depend on latency:
 
-    - on a throttle (429, or 503 with ``Retry-After``) the rate becomes half the rate
-      actually sent over the last ``WINDOW`` seconds (a process held back by its CPU or its
-      concurrency sends below its allowed rate), and no request goes before
-      ``Retry-After`` has passed; a slot reserved before the throttle is given up.
-      Throttles arriving within ``GUARD`` seconds of a cut, or during its pause, answer
-      requests sent before it: they lengthen the pause and cut nothing more.
-    - on every other answer the rate grows by ``increase`` requests/s per second elapsed
+    - **On a throttle** (429, or 503 with ``Retry-After``) the rate becomes what this process
+      actually got through lately, its *delivered rate* (as BBR's estimate): the requests it
+      sent, less those refused, over the window of its latest ``SAMPLES`` requests (at most
+      ``WINDOW`` seconds, never across idle time) — and at most ``BETA`` times the rate. The
+      fleet's delivered rates add up to the server's quota, so one cut lands every process
+      near its share, where halving needs a halving per doubling of the fleet (three waves
+      of 429s for 8 processes). At the first cut of a busy stretch the window is counted
+      ``HORIZON`` seconds longer: what the server's bucket held before the stretch is a
+      burst, not a rate.
+    - **Retry-After is honoured**: no request goes before it has passed, and a slot reserved
+      before the throttle is given up. The first request after the pause goes at a random
+      point of the first interval of the cut rate, so that processes throttled by the same
+      wave do not all start again at the same instant. Throttles arriving within ``GUARD``
+      seconds of a cut, or during its pause, answer requests sent before it: they lengthen
+      the pause and cut nothing more.
+    - **On every other answer** the rate grows by ``increase`` requests/s per second elapsed
       (default ``per_second / 100``), an increase that doubles every ``PROBE_DOUBLING``
-      seconds without a throttle, up to ``per_second``.
-    - no answer (a timeout, a connection error) changes nothing.
+      seconds without a throttle, up to ``per_second``: slow right after a cut, where the
+      share was just measured; fast after a long calm, when others have stopped sending
+      (CUBIC's idea, as botocore's adaptive mode). No answer (a timeout, a connection error)
+      changes nothing.
+    - Requests whose slots came while the process was busy (a blocked event loop) do not go
+      as one burst: without a ``burst``, they go at least ``SPACING`` of an interval apart.
 
-    Several processes that do this without talking to each other converge on equal shares
-    (each cut takes more from the larger rates; each increase adds the same to all).
-    ``adaptive=False`` keeps the rate fixed. ``inner`` is another ``Limiter`` that every
-    request must also pass (after this one's wait), and that sees every ``observe``.
+    ``adaptive=False`` keeps the rate fixed (``Retry-After`` is still honoured). ``inner``
+    is another ``Limiter`` that every request must also pass (after this one's wait), and
+    that sees every ``observe``.
     """
 
     def __init__(
@@ -124,12 +154,20 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._rate = per_second
         self._next = 0.0
+        self._last_went = -math.inf
         self._not_before = 0.0
         self._guard_until = -math.inf
         self._resumed_at = -math.inf
         self._grown_at = _clock()
         self._epoch = 0
-        self._slots: deque[float] = deque(maxlen=64)
+        self._sent: deque[float] = deque(maxlen=_HISTORY)
+        """When each of the latest requests went."""
+        self._refused: deque[float] = deque(maxlen=_HISTORY)
+        """When each of the latest throttles came."""
+        self._stretch = -math.inf
+        """When the current busy stretch began (its first request after idle time)."""
+        self._fresh = True
+        """No cut yet in this busy stretch."""
         _live.add(self)
 
     @property
@@ -145,6 +183,9 @@ class RateLimiter:
         rate lose to each other's jitter."""
         return self.inner is not None
 
+    def _paces(self) -> bool:
+        return not (self._rate >= self.per_second and self._inner_paces())
+
     def _reserve(self) -> float:
         """Seconds to wait for the slot reserved."""
         return self._reserve_slot()[0]
@@ -153,14 +194,29 @@ class RateLimiter:
         """Seconds to wait for the slot reserved, and the throttle epoch it belongs to."""
         with self._lock:
             now = _clock()
-            if self._rate >= self.per_second and self._inner_paces():
+            if not self._paces():
                 slot = max(now, self._not_before)
             else:
                 interval = 1.0 / self._rate
                 slot = max(self._next, self._not_before, now - (self._burst - 1) * interval)
+                if self._burst == 1:
+                    slot = max(slot, self._last_went + interval)
                 self._next = slot + interval
-            self._slots.append(slot)
             return slot - now, self._epoch
+
+    def _may_go(self, epoch: int) -> bool:
+        """True if the request whose slot has come may go now: no throttle came since it
+        reserved its slot (``epoch``), and, without a burst, the previous request went at
+        least ``SPACING`` of an interval ago (slots that came while the event loop was
+        blocked would otherwise go together)."""
+        with self._lock:
+            if epoch != self._epoch:
+                return False
+            now = _clock()
+            if self._paces() and self._burst == 1 and now < self._last_went + SPACING / self._rate:
+                return False
+            self._last_went = now
+            return True
 
     def _pause_left(self) -> float:
         return self._not_before - _clock()
@@ -175,12 +231,13 @@ class RateLimiter:
             wait, epoch = self._reserve_slot()
             if wait > 0:
                 time.sleep(wait)
-            if epoch == self._epoch:
+            if self._may_go(epoch):
                 break
         if self.inner is not None:
             self.inner.acquire()
             if epoch != self._epoch and (pause := self._pause_left()) > 0:
                 time.sleep(pause)
+        self._went()
         metrics.record_throttle_wait(_clock() - started)
 
     async def acquire_async(self) -> None:
@@ -190,13 +247,29 @@ class RateLimiter:
             wait, epoch = self._reserve_slot()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if epoch == self._epoch:
+            if self._may_go(epoch):
                 break
         if self.inner is not None:
             await self.inner.acquire_async()
             if epoch != self._epoch and (pause := self._pause_left()) > 0:
                 await asyncio.sleep(pause)
+        self._went()
         metrics.record_throttle_wait(_clock() - started)
+
+    def _went(self) -> None:
+        """One request goes now: what the delivered rate is counted from."""
+        with self._lock:
+            now = _clock()
+            gap = self._max_gap()
+            idle = not self._sent or now - self._sent[-1] > gap
+            if idle and now > self._not_before + gap:
+                # Idle time (not a pause the server asked for) begins a new busy stretch.
+                self._stretch = now
+                self._fresh = True
+            self._sent.append(now)
+
+    def _max_gap(self) -> float:
+        return max(MAX_GAP, 2.0 / self._rate)
 
     # -- adapting -------------------------------------------------------------------------
 
@@ -215,6 +288,7 @@ class RateLimiter:
 
     def _throttled(self, now: float, pause: float, status: int) -> None:
         self._epoch += 1
+        self._refused.append(now)
         if not self.adaptive or now < self._guard_until:
             # Honoured even when fixed; a guarded throttle only lengthens the pause.
             if now + pause > self._not_before:
@@ -223,12 +297,17 @@ class RateLimiter:
                 self._grown_at = max(self._grown_at, self._not_before)
             return
         self._not_before = max(self._not_before, now + pause)
-        base = min(self._rate, self._measured(now))
-        self._rate = max(self.min_per_second, base * BETA)
+        cut = self._rate * BETA
+        delivered = self._delivered(now)
+        if delivered is not None:
+            cut = min(cut, delivered)
+        self._rate = max(self.min_per_second, cut)
+        self._fresh = False
         self._resumed_at = self._not_before
         self._guard_until = max(self._not_before, now + GUARD)
         self._grown_at = self._not_before
-        self._next = max(self._next, self._not_before)
+        # The first request after the pause goes at a random point of the first interval.
+        self._next = max(self._next, self._not_before + _random() / self._rate)
         self.throttles += 1
         log.info(
             "rate limit: %d from the server; %.3g requests/s from now on, none for %.3g s",
@@ -237,23 +316,21 @@ class RateLimiter:
             pause,
         )
 
-    def _measured(self, now: float) -> float:
-        """Requests/s actually sent in the latest busy stretch (no gap over ``MAX_GAP``)
-        within the last ``WINDOW`` seconds since the last pause: a process held back by its
-        CPU or its concurrency sends below its allowed rate, and is cut from what it sends.
-        ``inf`` when that stretch is too short to tell (under 5 requests or ``MIN_SPAN``)."""
-        since = max(now - WINDOW, self._resumed_at)
-        newest = first = None
-        count = 0
-        for slot in reversed(self._slots):
-            if slot < since or (first is not None and first - slot > MAX_GAP):
-                break
-            newest = slot if newest is None else newest
-            first = slot
-            count += 1
-        if newest is None or first is None or count < 4 or newest - first < MIN_SPAN:
-            return math.inf
-        return (count - 1) / (newest - first)
+    def _delivered(self, now: float) -> float | None:
+        """Requests/s this process got through lately (sent, less refused): over the window
+        since the latest of its ``SAMPLES``-th latest request, ``WINDOW`` seconds ago, the
+        start of the busy stretch and the end of the last pause; ``HORIZON`` seconds longer
+        at the stretch's first cut. None with fewer than ``MIN_SAMPLES`` requests in it."""
+        sent = self._sent
+        if len(sent) < MIN_SAMPLES:
+            return None
+        since = max(now - WINDOW, self._stretch, self._resumed_at, sent[-min(len(sent), SAMPLES)])
+        went = _count_since(sent, since)
+        if went < MIN_SAMPLES:
+            return None
+        got = max(0, went - _count_since(self._refused, since))
+        span = max(MIN_SPAN, now - since)
+        return got / (span + HORIZON) if self._fresh else got / span
 
     def _succeeded(self, now: float) -> None:
         if now > self._grown_at:
@@ -287,6 +364,20 @@ class RateLimiter:
             f"RateLimiter(per_second={self.per_second}, burst={self._burst}, {mode}, "
             f"rate={self._rate:.3g}{inner})"
         )
+
+
+_HISTORY = 1024
+"""Sends and throttles remembered (the window never needs more)."""
+
+
+def _count_since(times: deque[float], since: float) -> int:
+    """How many of ``times`` (oldest first) are at ``since`` or later."""
+    count = 0
+    for moment in reversed(times):
+        if moment < since:
+            break
+        count += 1
+    return count
 
 
 _live: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
