@@ -74,6 +74,10 @@ class _Queue:
         self._file.write(_HEAD.pack(index, len(entry)) + entry)
         self._write = self._file.tell()
 
+    @property
+    def empty(self) -> bool:
+        return not self._memory and self._file is None
+
     def pop_through(self, index: int, sink: Sink) -> None:
         """Hand every entry up to ``index`` (inclusive) to ``sink``, in order."""
         while self._memory and self._memory[0][0] <= index:
@@ -177,9 +181,11 @@ class Watermark:
         while self._acked in self._completed:
             end = self._acked + self._completed.pop(self._acked)
             self.position = self._ends[end - 1]
+            waiting = bool(self._notes) or not self._locals.empty
             for index in range(self._acked, end):
                 del self._ends[index], self._sources[index]
-                self._hand(index, sink)
+                if waiting:  # entries to hand out (none in a run where all is accepted)
+                    self._hand(index, sink)
             self._acked = end
             moved = True
         return moved

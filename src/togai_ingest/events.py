@@ -5,11 +5,13 @@ from __future__ import annotations
 import decimal
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
+from attrs import fields as attrs_fields
 from togai_client.models import Event, EventAttribute, EventDimensions
-from togai_client.types import UNSET
+from togai_client.types import UNSET, Unset
 
 from .errors import ValidationError
 
@@ -30,11 +32,14 @@ def attribute_value(value: object, where: str = "attribute") -> str:
             where, f"must be a string or a finite number, not {type(value).__name__}"
         )
     if isinstance(value, int):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python writes out (sys.int_info)
+            raise ValidationError(where, "too many digits to write out") from None
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(where, f"must be a finite number, not {value!r}")
-        text = repr(value)  # the shortest form that reads back as the same float
+        text = float.__repr__(value)  # the shortest form that reads back as the same float
         if "e" not in text:
             return text
         value = decimal.Decimal(text)
@@ -60,17 +65,35 @@ def new_event(
     >>> new_event("apiCall", "acct-1", {"requests": 1, "latency": (12.5, "Milliseconds")})
     """
     attrs = []
+    value: Any
+    unit: Any
+    text: str
     for attr_name, spec_value in attributes.items():
-        value, unit = spec_value if isinstance(spec_value, tuple) else (spec_value, None)
-        if type(value) is not str or (unit is not None and type(unit) is not str):
-            value = _checked(attr_name, value, unit)  # numbers written out; others refused
-        attrs.append(
-            EventAttribute(
-                attribute_name=attr_name,
-                attribute_value=value,
-                attribute_value_unit=UNSET if unit is None else unit,
-            )
-        )
+        if type(spec_value) is tuple and len(spec_value) == 2:
+            value, unit = spec_value
+        elif isinstance(spec_value, tuple):
+            value, unit = _pair(attr_name, spec_value)
+        else:
+            value, unit = spec_value, None
+        if unit is not None and type(unit) is not str:
+            _checked(attr_name, value, unit)  # a unit that is not a str is refused first
+        # Exact types first (a str as it is, an int or float written out); anything else
+        # is checked by ``_checked``, which names the field.
+        kind = type(value)
+        if kind is str:
+            text = value
+        elif kind is int and -_INT_TEXT < value < _INT_TEXT:
+            text = int.__repr__(value)
+        elif kind is float:
+            text = float.__repr__(value)
+            if "e" in text or "n" in text:  # an exponent, or inf and nan: the careful way
+                text = _checked(attr_name, value, None)
+        else:
+            text = _checked(attr_name, value, None)
+        if unit is None:
+            attrs.append(_attribute(attr_name, text, UNSET))
+        else:
+            attrs.append(_attribute(attr_name, text, unit))
     dims = EventDimensions()
     dims.additional_properties = dict(dimensions or {})
     return Event(
@@ -81,6 +104,34 @@ def new_event(
         event_attributes=attrs,
         dimensions=dims,
     )
+
+
+def _by_keyword(name: str, value: str, unit: str | Unset) -> EventAttribute:
+    return EventAttribute(attribute_name=name, attribute_value=value, attribute_value_unit=unit)
+
+
+_attribute: Callable[[str, str, str | Unset], EventAttribute] = (
+    EventAttribute  # positional: a third cheaper than by keyword, in the generated order
+    if tuple(f.name for f in attrs_fields(EventAttribute))
+    == ("attribute_name", "attribute_value", "attribute_value_unit")
+    else _by_keyword
+)
+"""``EventAttribute(name, value, unit)``; by keyword if a regenerated model has other fields."""
+
+_INT_TEXT = 10**18
+"""Ints below this (in magnitude) are written out on the fast path; larger ones are checked
+by ``attribute_value`` (Python refuses to write out ints of more than 4,300 digits)."""
+
+
+def _pair(name: str, spec_value: tuple[object, ...]) -> tuple[object, object]:
+    """``(value, unit)`` from a tuple (a subclass of tuple, e.g. a named tuple, too)."""
+    if len(spec_value) != 2:
+        raise ValidationError(
+            f"attributes[{name!r}]",
+            f"must be a value or a (value, unit) pair, not a tuple of {len(spec_value)}",
+        )
+    value, unit = spec_value
+    return value, unit
 
 
 def _checked(name: str, value: object, unit: object) -> str:

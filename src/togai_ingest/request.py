@@ -27,7 +27,7 @@ from .errors import (
 )
 from .results import BatchOutcome, FailedEvent, InvalidEvent, RejectedEvent
 from .transport import check_route
-from .validation import EncodedEvent, EventLike, encode_event
+from .validation import EncodedEvent, EventLike, encode_at
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -159,7 +159,7 @@ class Batch:
         index = self.start + self.count
         self.count += 1
         try:
-            encoded = encode_event(event, f"events[{index}]")
+            encoded = encode_at(event, index)  # named ``events[index]`` in an error
         except ValidationError as error:
             self.invalid.append(InvalidEvent(index, _snapshot(event), error))
             return
@@ -167,7 +167,7 @@ class Batch:
         self.events.append(encoded)
 
     def body(self) -> bytes:
-        return b'{"events":[' + b",".join(e.json for e in self.events) + b"]}"
+        return b'{"events":[' + b",".join([e.json for e in self.events]) + b"]}"
 
     def outcome(self) -> BatchOutcome:
         return BatchOutcome(self.start, self.count, invalid=list(self.invalid))
@@ -237,6 +237,9 @@ def read_batch(
         if answer.body:
             log.debug("HTTP %d with an unreadable body; every event accepted", answer.status)
         errors = []
+    if not errors:  # every event accepted (the usual answer): nothing to match
+        outcome.accepted += len(batch.events)
+        return
     pending: dict[str, list[int]] = {}
     for position, event in enumerate(batch.events):
         pending.setdefault(event.id, []).append(position)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import attrs
 import jsonschema_rs
 import orjson
 from togai_client.models import Event
+from togai_client.types import UNSET
 
 from .errors import ValidationError
 from .spec import spec
@@ -158,22 +161,37 @@ def encode_event(event: EventLike, where: str = "event") -> EncodedEvent:
     one that cannot be encoded as UTF-8 JSON (a lone surrogate, a key that is not a string,
     bytes). Whatever this accepts can be sent.
     """
-    if isinstance(event, EncodedEvent):
-        return event
-    if isinstance(event, Event):
-        wire: Any = _model_to_wire(event, where)
+    return encode_at(event, where)
+
+
+def encode_at(event: EventLike, where: str | int) -> EncodedEvent:
+    """``encode_event``, with ``where`` either the name of the event or its index in a batch
+    (``events[index]``, written out only for an error: the common case builds no string)."""
+    kind = type(event)
+    if kind is dict:  # the common cases first, by exact type: no isinstance chain
+        wire: Any = event
+    elif kind is Event:
+        wire = _event_to_wire(event)  # type: ignore[arg-type]
+        if wire is None:
+            wire = _model_to_wire(event, _name(where))  # type: ignore[arg-type]
+    elif kind is EncodedEvent or isinstance(event, EncodedEvent):
+        return event  # type: ignore[return-value]
+    elif isinstance(event, Event):
+        wire = _model_to_wire(event, _name(where))
     elif isinstance(event, Mapping):
         wire = event
     else:
         raise ValidationError(
-            where, f"must be a togai_client.models.Event or a dict, not {type(event).__name__}"
+            _name(where),
+            f"must be a togai_client.models.Event or a dict, not {type(event).__name__}",
         )
     readable = True
     try:
-        valid = _event_validator().is_valid(wire)
+        valid = (_is_valid or _validity())(wire)
     except _UNREADABLE:
         valid = readable = False
     if not valid:
+        where = _name(where)
         if type(wire) is not dict or not readable:
             # A Mapping that is not a dict, or subclasses of str, dict or list inside: what
             # would be sent is what the encoder makes of it, so validate that.
@@ -182,9 +200,38 @@ def encode_event(event: EventLike, where: str = "event") -> EncodedEvent:
     try:
         data = orjson.dumps(wire)
     except _UNREADABLE as exc:
-        at = _at(where, _unencodable_path(wire, [], 0) or [])
+        at = _at(_name(where), _unencodable_path(wire, [], 0) or [])
         raise ValidationError(at, f"cannot be encoded as JSON: {_reason(exc)}") from None
-    return EncodedEvent(str(wire["id"]), data)
+    event_id = wire["id"]
+    return _encoded(event_id if type(event_id) is str else str(event_id), data)
+
+
+def _name(where: str | int) -> str:
+    return where if isinstance(where, str) else f"events[{where}]"
+
+
+_is_valid: Callable[[Any], bool] | None = None
+"""The compiled validator's ``is_valid``, once it is made (the first event compiles it)."""
+
+
+def _validity() -> Callable[[Any], bool]:
+    global _is_valid
+    _is_valid = _event_validator().is_valid
+    return _is_valid
+
+
+_new = object.__new__
+_set_id = EncodedEvent.__dict__["id"].__set__
+_set_json = EncodedEvent.__dict__["json"].__set__
+
+
+def _encoded(event_id: str, data: bytes) -> EncodedEvent:
+    """``EncodedEvent(event_id, data)`` without the frozen dataclass's ``__init__`` (which
+    costs as much as validating the event); the same object, as immutable as ever."""
+    encoded: EncodedEvent = _new(EncodedEvent)
+    _set_id(encoded, event_id)
+    _set_json(encoded, data)
+    return encoded
 
 
 def _plain(wire: Any, where: str) -> Any:
@@ -251,3 +298,180 @@ def _model_to_wire(event: Event, where: str) -> dict[str, Any]:
         return event.to_dict()
     except (AttributeError, TypeError) as exc:
         raise ValidationError(where, f"the model cannot be converted to JSON: {exc}") from None
+
+
+# --- The typed model's fast path.
+#
+# ``Event.to_dict()`` is generated code that spends most of its time on ``isoformat`` and on
+# calls. The fast path builds the same dict from a plan per generated model class: its attrs
+# fields, each with its wire name taken from the document (the generator names a field
+# ``snake_case(property)``), compiled to straight-line code for the value types a probe event
+# (made by ``new_event``) holds: a str or a number as it is, an aware UTC datetime as orjson's
+# text of it, a list of models or a model by its own plan, UNSET left out. A value of another
+# type returns None and takes ``to_dict`` and its named errors. Nothing is named twice: a
+# property the document adds is in the plan after ``make generate``. The path is used only
+# if, on the probe, it gives byte for byte what ``to_dict`` gives.
+
+_UTC = datetime.UTC
+_DATETIME = datetime.datetime
+_PLAIN = frozenset({str, int, float, bool})
+_EXTRA = "additional_properties"  # the generator's field for additionalProperties
+_SKIP = object()  # a value the fast path does not know: to_dict it is
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+@functools.cache
+def _wire_names() -> dict[str, str]:
+    """``snake_case(property)`` -> property, over every property the document names."""
+    names: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for prop in node.get("properties") or {}:
+                if isinstance(prop, str):
+                    names.setdefault(_snake(prop), prop)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec().document)
+    return names
+
+
+_plans: dict[type, tuple[tuple[str, str], ...] | None] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, str], ...] | None:
+    """(attribute, wire name) for each field of a generated model class, or None."""
+    if cls in _plans:
+        return _plans[cls]
+    plan: tuple[tuple[str, str], ...] | None = None
+    if attrs.has(cls) and cls.__module__.startswith("togai_client.models."):
+        names = _wire_names()
+        fields = [f.name for f in attrs.fields(cls) if f.name != _EXTRA]
+        if all(f in names for f in fields):
+            plan = tuple((f, names[f]) for f in fields)
+    _plans[cls] = plan
+    return plan
+
+
+def _utc_text(stamp: datetime.datetime) -> str:
+    """``stamp.isoformat()`` of an aware UTC ``datetime`` (orjson writes the same text,
+    ``2024-06-01T00:00:00.007000+00:00``, several times faster)."""
+    return orjson.dumps(stamp)[1:-1].decode()
+
+
+def _value(value: Any) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is _DATETIME:
+        return _utc_text(value) if value.tzinfo is _UTC else _SKIP
+    if kind is list:
+        items = [_value(item) for item in value]
+        return _SKIP if any(item is _SKIP for item in items) else items
+    wire = _model_wire(value)
+    return _SKIP if wire is None else wire
+
+
+def _model_wire(model: Any) -> dict[str, Any] | None:
+    """``model.to_dict()`` for a generated model in its usual state, or None."""
+    plan = _plan(type(model))
+    if plan is None:
+        return None
+    extra = getattr(model, _EXTRA, None)
+    if not plan:  # only additionalProperties: the dict itself (read, encoded, never kept)
+        return extra if type(extra) is dict else None
+    wire: dict[str, Any] = {} if extra is None else dict(extra)
+    for attribute, name in plan:
+        value = getattr(model, attribute)
+        if value is UNSET:
+            continue
+        value = _value(value)
+        if value is _SKIP:
+            return None
+        wire[name] = value
+    return wire
+
+
+def _no_fast_path(event: Event) -> None:
+    return None
+
+
+def _compiled(cls: type, sample: Any, made: dict[type, Any]) -> Callable[[Any], Any] | None:
+    """``_model_wire`` for ``cls``, compiled to straight-line code (as attrs and dataclasses
+    make their methods) for field values of the types ``sample`` holds; other values take
+    ``_value``. None if ``cls`` has no plan."""
+    if cls in made:
+        return made[cls]  # type: ignore[no-any-return]
+    plan = _plan(cls)
+    if plan is None or not all(attribute.isidentifier() for attribute, _ in plan):
+        return None
+    made[cls] = None  # a model that contains itself takes the generic path inside
+    scope: dict[str, Any] = {"UNSET": UNSET, "SKIP": _SKIP, "value": _value, "DT": _DATETIME}
+    scope.update(UTC=_UTC, utc=_utc_text)
+    lines = ["def convert(m):"]
+    if any(f.name == _EXTRA for f in attrs.fields(cls)):
+        lines += ["    e = m.additional_properties", "    if type(e) is not dict: return None"]
+        lines += ["    w = dict(e)" if plan else "    return e"]
+    else:
+        lines += ["    w = {}"]
+    for k, (attribute, name) in enumerate(plan):
+        seen, fast = getattr(sample, attribute, UNSET), ""
+        if type(seen) in _PLAIN:
+            fast = f"type(v) is {type(seen).__name__}: w[{name!r}] = v"
+        elif type(seen) is _DATETIME:
+            fast = f"type(v) is DT and v.tzinfo is UTC: w[{name!r}] = utc(v)"
+        elif type(seen) is list and seen and (item := _compiled(type(seen[0]), seen[0], made)):
+            scope[f"c{k}"], scope[f"t{k}"] = item, type(seen[0])
+            fast = (
+                f"type(v) is list:\n        v = [c{k}(x) if type(x) is t{k} else None for x in v]"
+                f"\n        if None in v: return None\n        w[{name!r}] = v"
+            )
+        elif (nested := _compiled(type(seen), seen, made)) is not None:
+            scope[f"c{k}"], scope[f"t{k}"] = nested, type(seen)
+            fast = (
+                f"type(v) is t{k}:\n        v = c{k}(v)\n        if v is None: return None"
+                f"\n        w[{name!r}] = v"
+            )
+        lines.append(f"    v = m.{attribute}")
+        if fast:  # a value of another type: to_dict, and its errors (a str for a datetime)
+            lines += [f"    if {fast}", "    elif v is not UNSET: return None"]
+        else:  # unset in the sample (an optional property): any value ``_value`` knows
+            lines += ["    if v is not UNSET:", "        v = value(v)"]
+            lines += ["        if v is SKIP: return None", f"        w[{name!r}] = v"]
+    if plan:
+        lines.append("    return w")
+    exec("\n".join(lines), scope)  # the source is built here, from attrs names
+    made[cls] = scope["convert"]
+    return made[cls]  # type: ignore[no-any-return]
+
+
+def _choose_event_to_wire(event: Event) -> dict[str, Any] | None:
+    """Decide once whether the fast path agrees with ``to_dict``, then use the choice."""
+    global _event_to_wire
+    _event_to_wire = _fast_event_to_wire() or _no_fast_path
+    return _event_to_wire(event)
+
+
+def _fast_event_to_wire() -> Callable[[Event], dict[str, Any] | None] | None:
+    """The compiled ``Event`` converter, if it agrees with ``to_dict`` on a probe event."""
+    from .events import new_event  # events imports nothing from here; late all the same
+
+    try:
+        probe = new_event("probe", "acct", {"a": ("1.5", "u"), "b": 2}, {"region": "eu"})
+        convert = _compiled(Event, probe, {})
+        fast = None if convert is None else convert(probe)
+        agrees = fast is not None and orjson.dumps(fast) == orjson.dumps(probe.to_dict())
+    except Exception:  # a model of another shape: to_dict it is
+        return None
+    return convert if agrees else None
+
+
+_event_to_wire: Callable[[Event], dict[str, Any] | None] = _choose_event_to_wire
+"""``Event`` -> its wire dict on the fast path, or None (then ``_model_to_wire``)."""
