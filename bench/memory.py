@@ -25,7 +25,7 @@ from .contenders import TOKEN
 from .data import write_jsonl
 from .sink import SinkProcess
 
-__all__ = ["CLI", "MemoryResult", "cli_ready", "jsonl_file", "memory_run"]
+__all__ = ["MemoryResult", "MiB", "memory_run"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "togai-ingest"
@@ -45,6 +45,7 @@ class MemoryResult:
     """Distinct event ids the sink accepted."""
     command: str
     output_tail: str
+    """The command's last lines of output (its summary)."""
 
     @property
     def peak_rss(self) -> int:
@@ -53,22 +54,6 @@ class MemoryResult:
     @property
     def events_per_second(self) -> float:
         return self.distinct / self.seconds
-
-
-def cli_ready() -> bool:
-    """The console script is installed and its module exists (another helper writes it)."""
-    if not (CLI.exists() and (ROOT / "src" / "togai_ingest" / "cli.py").exists()):
-        return False
-    probe = subprocess.run([CLI, "send", "--help"], capture_output=True, timeout=60, check=False)
-    return probe.returncode == 0
-
-
-def jsonl_file(count: int) -> Path:
-    """``bench/tmp/events-<count>.jsonl``, generated once and reused."""
-    path = ROOT / "bench" / "tmp" / f"events-{count}.jsonl"
-    if not path.exists():
-        write_jsonl(path, count)
-    return path
 
 
 def _tree(pid: int) -> list[int]:
@@ -95,8 +80,12 @@ def _poll(pid: int, peak: list[int], done: threading.Event) -> None:
         peak[0] = max([peak[0], *(_high_water_mark(p) for p in _tree(pid))])
 
 
-def memory_run(path: Path, count: int, *, timeout: float = 900) -> MemoryResult:
-    """Run ``togai-ingest send PATH`` (rate limit off, default concurrency) to a sink."""
+def memory_run(count: int, *, timeout: float = 900) -> MemoryResult:
+    """Run ``togai-ingest send`` (rate limit off, default concurrency) to a sink, on
+    ``bench/tmp/events-<count>.jsonl`` (written once and reused)."""
+    path = ROOT / "bench" / "tmp" / f"events-{count}.jsonl"
+    if not path.exists():
+        write_jsonl(path, count)
     time_file = path.with_suffix(".maxrss")
     time_file.unlink(missing_ok=True)
     timer = shutil.which("time", path="/usr/bin:/bin")
@@ -130,7 +119,7 @@ def memory_run(path: Path, count: int, *, timeout: float = 900) -> MemoryResult:
     if timer and time_file.exists():
         kib = time_file.read_text().strip().splitlines()[-1]
         time_rss = int(kib) * 1024 if kib.isdigit() else None
-    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-6:]
+    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-2:]
     return MemoryResult(
         events=count,
         seconds=seconds,
@@ -138,6 +127,6 @@ def memory_run(path: Path, count: int, *, timeout: float = 900) -> MemoryResult:
         polled_rss=peak[0],
         exit_code=exit_code,
         distinct=distinct,
-        command=" ".join(["togai-ingest", *command[1:]]),
+        command=" ".join(["togai-ingest", "send", path.name, "--rate-limit", "0"]),
         output_tail="\n".join(tail),
     )

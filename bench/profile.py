@@ -1,21 +1,23 @@
 """Where a contender spends its time: pyinstrument, summed per function.
 
-``ProfilingTimer`` runs pyinstrument over a contender's measured section; ``hotspots`` gives,
-for each function, its share of that section's wall time, inclusive (the function and what it
-calls) and self (its own code).
+``profiles`` runs each contender named once under pyinstrument (``ProfilingTimer``, over its
+measured section) and gives, for each function, its share of that section's wall time,
+inclusive (the function and what it calls) and self (its own code).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self
 
 from pyinstrument import Profiler
 from pyinstrument.frame import Frame
 
-from .contenders import Timer
+from .contenders import CONTENDERS, Timer, Workload
+from .sink import SinkProcess
 
-__all__ = ["Hotspot", "ProfilingTimer", "render"]
+__all__ = ["Hotspot", "Profile", "ProfilingTimer", "profiles"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,16 @@ class Hotspot:
     """Share of the wall time spent in the function and its callees (0 to 1)."""
     self: float
     """Share of the wall time spent in the function's own code."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seconds: float
+    spots: list[Hotspot]
+    """Every function, largest inclusive share first."""
+    html: Path
+    """pyinstrument's HTML page: the full tree."""
 
 
 def _where(frame: Frame) -> str:
@@ -78,16 +90,14 @@ class ProfilingTimer(Timer):
         return sorted(spots, key=lambda s: s.inclusive, reverse=True)
 
 
-def render(spots: list[Hotspot], library: tuple[str, ...], limit: int = 10) -> str:
-    """Two markdown tables: the library's functions by inclusive share, and every function
-    by self share (where the CPU actually goes)."""
-    head = ["| function | inclusive | self |", "| --- | ---: | ---: |"]
-
-    def rows(chosen: list[Hotspot]) -> list[str]:
-        return [f"| `{s.where}` | {s.inclusive:.0%} | {s.self:.0%} |" for s in chosen[:limit]]
-
-    ours = [s for s in spots if s.where.startswith(library)]
-    by_self = sorted(spots, key=lambda s: s.self, reverse=True)
-    lines = ["Library functions, by inclusive share:", "", *head, *rows(ours), ""]
-    lines += ["Every function, by self share:", "", *head, *rows(by_self)]
-    return "\n".join(lines)
+def profiles(work: Workload, names: list[str], folder: Path) -> list[Profile]:
+    """One send of ``work`` under pyinstrument per contender named; HTML pages in ``folder``."""
+    found: list[Profile] = []
+    with SinkProcess(parse="count") as sink:
+        for name in names:
+            timer = ProfilingTimer()
+            seconds = CONTENDERS[name](sink.url, work, timer)
+            html = folder / f"profile-{name}.html"
+            html.write_text(timer.html(), encoding="utf-8")
+            found.append(Profile(name, seconds, timer.hotspots(), html))
+    return found

@@ -9,7 +9,7 @@ from typing import Any
 
 import togai_ingest
 
-from .contenders import TOKEN
+from .contenders import BATCH, TOKEN
 from .sink import SinkProcess
 
 __all__ = ["QuotaResult", "quota_run"]
@@ -18,7 +18,9 @@ __all__ = ["QuotaResult", "quota_run"]
 @dataclass(frozen=True)
 class QuotaResult:
     quota: float
-    """Requests per second per endpoint (the sink's token bucket)."""
+    """Requests per second (the sink's token bucket)."""
+    latency: float
+    """Seconds the sink waits before each answer."""
     batch: int
     sent: int
     seconds: float
@@ -50,7 +52,7 @@ class QuotaResult:
 
 
 def quota_run(
-    events: list[dict[str, Any]], *, latency: float = 0.05, quota: float = 50, batch: int = 100
+    events: list[dict[str, Any]], *, latency: float = 0.05, quota: float = 50
 ) -> QuotaResult:
     """Send ``events`` (distinct ids) with ``AsyncClient`` defaults: the spec's rate limit,
     default retries and concurrency. The sink answers ``latency`` seconds late and 429 above
@@ -60,14 +62,15 @@ def quota_run(
         async def send() -> tuple[float, togai_ingest.SendResult]:
             async with togai_ingest.AsyncClient(TOKEN, base_url=sink.url) as client:
                 started = time.perf_counter()
-                result = await client.send(events, batch_size=batch)
+                result = await client.send(events, batch_size=BATCH)
                 return time.perf_counter() - started, result
 
         seconds, result = asyncio.run(send())
         stats = sink.stats()
     return QuotaResult(
         quota=quota,
-        batch=batch,
+        latency=latency,
+        batch=BATCH,
         sent=len(events),
         seconds=seconds,
         requests=stats.requests,

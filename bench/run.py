@@ -1,8 +1,10 @@
 """``make bench``: the ingestion client against a raw-httpx baseline, in one run.
 
-Starts its own sink (``bench.sink``, a separate process), then measures, alternating the
-contenders round by round: events/s of the baseline, typed, wire and async paths (as ratios to
-the baseline of the same round), CPU per event without HTTP, the quota run and the memory run.
+Starts its own sink (``bench.sink``, a separate process), checks that the sink is not the
+bottleneck, then measures, rotating the contenders round by round: events/s of the baseline,
+typed, wire and async paths (as ratios to the baseline of the same round), CPU per event
+without HTTP, the quota run, profiles of the paths below their target, the memory run, the
+background sender's enqueue and drain (``bench.enqueue``) and the fleet run (``bench.fleet``).
 Prints a markdown report with PASS/FAIL per target and writes it to ``bench/results.md``.
 """
 
@@ -16,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,30 +25,30 @@ import httpx
 
 from togai_ingest.request import encode
 
-from . import enqueue, fleet, memory, report
+from . import enqueue, fleet, memory
 from .contenders import BATCH, CONTENDERS, TOKEN, Timer, Workload, cpu_costs
 from .data import make_records, to_wire
-from .profile import ProfilingTimer
+from .profile import profiles
 from .quota import quota_run
-from .report import Report, Round, SinkCheck
+from .report import TARGETS, Report, Round, SinkCheck, median_ratio
 from .sink import Parse, SinkProcess
 
-RESULTS = Path(__file__).resolve().parent / "results.md"
-TMP = Path(__file__).resolve().parent / "tmp"
-TARGETS = {"typed": 0.6, "wire": 0.8}
-"""Minimum events/s as a share of the baseline's (issue 4)."""
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.md"
+TMP = ROOT / "bench" / "tmp"
 
 
 def _revision() -> str:
     """The commit measured, ``+changes`` when the work tree differs from it."""
     try:
+        git = ["git", "-C", str(ROOT)]
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError):
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    except OSError:
         return "unknown"
-    return head + (" +changes" if dirty.stdout.strip() else "")
+    return (head.stdout.strip() or "unknown") + (" +changes" if dirty.stdout.strip() else "")
 
 
 def _workload(count: int, seed: int = 7) -> Workload:
@@ -55,10 +56,10 @@ def _workload(count: int, seed: int = 7) -> Workload:
     return Workload(records, [to_wire(r) for r in records])
 
 
-def probe_sink(parse: Parse, body: bytes, seconds: float = 1.0, connections: int = 2) -> SinkCheck:
-    """Drive a sink with pre-encoded batches from ``connections`` raw httpx connections."""
+def probe_sink(parse: Parse, body: bytes, seconds: float = 1.0) -> SinkCheck:
+    """Drive a sink with pre-encoded batches from 2 raw httpx connections for ``seconds``."""
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    sent = [0] * connections
+    sent = [0, 0]
     with SinkProcess(parse=parse) as sink:
 
         def drive(slot: int, deadline: float) -> None:
@@ -67,24 +68,15 @@ def probe_sink(parse: Parse, body: bytes, seconds: float = 1.0, connections: int
                     http.post("/ingestBatch", content=body).raise_for_status()
                     sent[slot] += 1
 
-        before = sink.stats()
-        started = time.perf_counter()
-        threads = [
-            threading.Thread(target=drive, args=(i, started + seconds)) for i in range(connections)
-        ]
+        before, started = sink.stats(), time.perf_counter()
+        threads = [threading.Thread(target=drive, args=(i, started + seconds)) for i in (0, 1)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
         spent = sink.stats() - before
-    return SinkCheck(
-        parse=parse,
-        connections=connections,
-        events_per_second=sum(sent) * BATCH / elapsed,
-        busy=spent.cpu / elapsed,
-        cpu_per_request=spent.cpu / spent.requests,
-    )
+    return SinkCheck(parse, sum(sent) * BATCH / elapsed, spent.cpu / elapsed, spent.cpu / sum(sent))
 
 
 def throughput(work: Workload, rounds: int) -> list[Round]:
@@ -96,9 +88,8 @@ def throughput(work: Workload, rounds: int) -> list[Round]:
         for contender in CONTENDERS.values():  # imports, compiled validator, caches
             contender(sink.url, warm, Timer())
         for number in range(rounds):
-            order = names[number % len(names) :] + names[: number % len(names)]
             measured = Round()
-            for name in order:
+            for name in names[number % len(names) :] + names[: number % len(names)]:
                 before, timer = sink.stats(), Timer()
                 seconds = CONTENDERS[name](sink.url, work, timer)
                 spent = sink.stats() - before
@@ -112,34 +103,6 @@ def throughput(work: Workload, rounds: int) -> list[Round]:
     return results
 
 
-def cpu(work: Workload, rounds: int) -> list[dict[str, float]]:
-    return [cpu_costs(work) for _ in range(rounds)]
-
-
-def profiles(work: Workload, names: list[str]) -> dict[str, str]:
-    """pyinstrument on each contender named, one send of ``work``; the library's hotspots."""
-    tables: dict[str, str] = {}
-    with SinkProcess(parse="count") as sink:
-        for name in names:
-            timer = ProfilingTimer()
-            seconds = CONTENDERS[name](sink.url, work, timer)
-            html = TMP / f"profile-{name}.html"
-            html.parent.mkdir(parents=True, exist_ok=True)
-            html.write_text(timer.html(), encoding="utf-8")
-            tables[name] = report.profile_table(name, seconds, timer.hotspots(), html)
-    return tables
-
-
-def _wait(ready: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > deadline:
-            return False
-        print("waiting for togai-ingest (src/togai_ingest/cli.py) ...", flush=True)
-        time.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
@@ -149,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-memory", action="store_true", help="no memory run")
     parser.add_argument("--skip-fleet", action="store_true", help="no fleet run (issue 9)")
     parser.add_argument(
-        "--cli-wait", type=float, default=0.0, help="seconds to wait for togai-ingest to appear"
-    )
-    parser.add_argument(
         "--profile",
         choices=["missed", "all", "none"],
         default="missed",
@@ -160,49 +120,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    started = time.monotonic()
-    load_at_start = os.getloadavg()[0]
-    result = Report(
-        when=datetime.now(UTC),
-        python=platform.python_version(),
-        implementation=platform.python_implementation(),
-        cpus=os.cpu_count() or 0,
-        system=f"{platform.system()} {platform.release()} {platform.machine()}",
-        revision=_revision(),
-        rounds=args.rounds,
-        events=args.events,
-        targets=TARGETS,
-    )
+    started, load_at_start = time.monotonic(), os.getloadavg()[0]
+    when = datetime.now(UTC)
+    TMP.mkdir(exist_ok=True)
     work = _workload(args.events)
     gc.freeze()  # the workload is not the client's garbage: keep it out of GC passes
 
     body = encode({"events": work.wire[:BATCH]})
-    result.sink_checks = [probe_sink("count", body), probe_sink("json", body)]
-    result.rounds_measured = throughput(work, args.rounds)
-    result.cpu = cpu(_workload(20_000, seed=3), args.rounds)
+    sink_checks = [probe_sink("count", body), probe_sink("json", body)]
+    rounds = throughput(work, args.rounds)
+    cpu = [cpu_costs(_workload(20_000, seed=3)) for _ in range(args.rounds)]
     print("quota run ...", flush=True)
-    result.quota = quota_run(_workload(args.quota_events, seed=5).wire)
-
-    missed = [name for name, target in TARGETS.items() if result.ratio(name) < target]
+    quota = quota_run(_workload(args.quota_events, seed=5).wire)
+    missed = [name for name, target in TARGETS.items() if median_ratio(rounds, name) < target]
     to_profile = {"missed": missed, "all": list(CONTENDERS), "none": []}[args.profile]
-    result.profiles = profiles(_workload(30_000, seed=9), to_profile)
-
-    if args.skip_memory:
-        result.memory_note = "skipped (--skip-memory)"
-    elif _wait(memory.cli_ready, args.cli_wait):
+    profiled = profiles(_workload(30_000, seed=9), to_profile, TMP)
+    memory_result = None
+    if not args.skip_memory:
         print(f"memory run: {args.memory_events:,} events ...", flush=True)
-        path = memory.jsonl_file(args.memory_events)
-        result.memory = memory.memory_run(path, args.memory_events)
-    else:
-        result.memory_note = "not run: togai-ingest is not installed yet (src/togai_ingest/cli.py)"
-
-    result.duration = time.monotonic() - started
-    result.load = (load_at_start, os.getloadavg()[0])
-    text = result.render()
+        memory_result = memory.memory_run(args.memory_events)
     print("background sender: enqueue and drain ...", flush=True)
-    text += "\n" + enqueue.run()  # bench/enqueue.py: memory and spooled enqueue, spool drain
+    sections = [enqueue.run()]  # memory and spooled enqueue, spool drain (issue 8)
+    fleet_report = None
     if not args.skip_fleet:
-        text += "\n" + fleet.render(fleet.run_all())  # bench/fleet.py: one quota, 8 processes
+        fleet_report = fleet.run_all()  # one quota, 8 processes (issue 9)
+        sections.append(fleet.render(fleet_report))
+
+    header = (
+        f"# `make bench` — {when:%Y-%m-%d %H:%M} UTC\n\n"
+        f"{platform.python_implementation()} {platform.python_version()} · "
+        f"{os.cpu_count()} CPUs · {platform.system()} {platform.release()} {platform.machine()} "
+        f"· commit {_revision()} · {args.rounds} rounds × {args.events:,} events per contender "
+        f"· batches of {BATCH} · run took {time.monotonic() - started:.0f} s · load average "
+        f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    )
+    result = Report(
+        header, rounds, cpu, quota, sink_checks, memory_result, profiled, fleet_report, sections
+    )
+    text = result.render()
     print(text)
     args.output.write_text(text, encoding="utf-8")
     print(f"written to {args.output}")

@@ -40,7 +40,7 @@ import struct
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.message import Message
@@ -49,7 +49,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.sink import TokenBucket
 from tests import openapi
+from tests.actor import ACTOR_HEADER
 from tests.faults import (
     Action,
     BadGateway,
@@ -174,10 +176,14 @@ class RequestRecord:
     metered_ids: tuple[str, ...] = ()
     rejected_ids: tuple[str, ...] = ()
     started: float = 0.0  # time.monotonic() when the request line arrived
+    actor: str = ""  # the request's X-Test-Actor header: which test process sent it
 
 
+@dataclass(frozen=True)
 class RateLimited:
     """Stands for a request refused by ``max_requests_per_second``; takes no script action."""
+
+    retry_after: int
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -196,12 +202,13 @@ class _HTTPServer(ThreadingHTTPServer):
 class FaultServer:
     """See the module docstring. ``token``: the bearer token to accept. ``script``: actions,
     one per request, then ``Ok``. ``reject_if``: ids the server always rejects (207 entry, or
-    400 on ``/ingest``) on actions that can say so. ``max_requests_per_second``: above it,
-    429 with an integer Retry-After (no script action used). ``latency``: seconds added to
-    every answer. ``client_timeout``: if given, an answer of metered events that came at least
-    this long (less 50 ms) after the request started counts as unseen (its events ambiguous),
-    as the client may have given up; without it, only a client that has already hung up by
-    the time of the answer counts as not seeing it."""
+    400 on ``/ingest``) on actions that can say so. ``max_requests_per_second``: the quota, a
+    ``bench.sink.TokenBucket`` (the benchmark sink's) of as many tokens refilled at that rate;
+    a request finding it empty gets 429 with an integer Retry-After (no script action used).
+    ``latency``: seconds added to every answer. ``client_timeout``: if given, an answer of
+    metered events that came at least this long (less 50 ms) after the request started counts
+    as unseen (its events ambiguous), as the client may have given up; without it, only a
+    client that has already hung up by the time of the answer counts as not seeing it."""
 
     def __init__(
         self,
@@ -215,7 +222,6 @@ class FaultServer:
     ) -> None:
         self.token = token
         self.reject_if = reject_if
-        self.max_requests_per_second = max_requests_per_second
         self.latency = latency
         self.client_timeout = client_timeout
         self.violations: list[str] = []
@@ -227,7 +233,11 @@ class FaultServer:
         self.arrivals = 0  # requests whose request line arrived; counted before any answer
         self.lock = threading.Lock()
         self._script: Iterator[Action] = iter(script)
-        self._admitted: deque[float] = deque()
+        self._bucket = (
+            TokenBucket(max_requests_per_second, max_requests_per_second)
+            if max_requests_per_second
+            else None
+        )
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
@@ -291,19 +301,9 @@ class FaultServer:
 
     def _next_action(self) -> Action | RateLimited:
         with self.lock:
-            if self.max_requests_per_second is not None:
-                now = time.monotonic()
-                while self._admitted and self._admitted[0] <= now - 1.0:
-                    self._admitted.popleft()
-                if len(self._admitted) >= self.max_requests_per_second:
-                    return RateLimited()
-                self._admitted.append(now)
+            if self._bucket is not None and (wait := self._bucket.take()) > 0:
+                return RateLimited(max(1, math.ceil(wait)))
             return next(self._script, Ok())
-
-    def _retry_after_rate_limit(self) -> int:
-        with self.lock:
-            oldest = self._admitted[0] if self._admitted else time.monotonic() - 1.0
-        return max(1, math.ceil(oldest + 1.0 - time.monotonic()))
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -427,7 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
         self, path: str, action: Action | RateLimited, events: list[Event], started: float
     ) -> None:
         if isinstance(action, RateLimited):
-            answer = Throttle(retry_after=self.fault._retry_after_rate_limit()).answer()
+            answer = Throttle(retry_after=action.retry_after).answer()
         elif isinstance(action, Canned):
             answer = action.answer()
         elif isinstance(action, GatewayTimeout) and not action.metered:
@@ -515,6 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
             metered_ids=metered_ids,
             rejected_ids=rejected_ids,
             started=started,
+            actor=self.headers.get(ACTOR_HEADER, ""),
         )
         with self.fault.lock:
             self.fault.requests.append(record)
