@@ -201,6 +201,12 @@ def test_close_reports_events_it_could_not_send() -> None:
         assert [e["id"] for e in report.in_flight] == ["e0"]  # named, not only counted
         assert [e["id"] for e in report.undelivered] == ["e1", "e2", "e3", "e4"]
         assert report.unconfirmed_ids() == ["e0", "e1", "e2", "e3", "e4"]
+        # The abandoned worker finishes its batch in flight (answered after 3 s) and stops;
+        # it must not go on into the next test, retrying against a closed server.
+        worker = sender._worker
+        assert worker is not None
+        worker.join(10)
+        assert not worker.is_alive()
 
 
 def test_at_exit_what_could_not_be_delivered_is_logged_with_ids() -> None:

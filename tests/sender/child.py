@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from tests.actor import tagged
 from togai_ingest import BackgroundSender, Client, RetryPolicy
 
 
@@ -42,6 +43,7 @@ def main(argv: list[str]) -> None:
         rate_limit=None,
         timeout=5.0,
         retry=RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.05),
+        httpx_args=tagged(prefix),
     )
     sender = BackgroundSender(client, spool_path=spool, batch_size=50, flush_interval=0.05)
     fd = os.open(notes, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
