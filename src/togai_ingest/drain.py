@@ -21,15 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import orjson
-
 from .client import DEFAULT_CONCURRENCY, Client
 from .errors import APIError, ConfigurationError, SpoolError, ValidationError
 from .queues import Item
 from .results import BatchOutcome, FailedEvent, InvalidEvent, RejectedEvent
 from .retry import is_fatal
 from .spool import SpoolQueue
-from .validation import EncodedEvent, encode_event
+from .validation import EncodedEvent, damaged_view, revalidate
 
 if TYPE_CHECKING:
     from .salvage import Damage
@@ -138,26 +136,6 @@ def drain(
     return result
 
 
-def revalidate(event: EncodedEvent, where: str) -> ValidationError | None:
-    """Why the spooled bytes of ``event`` are no valid event any more (a damaged file: a
-    flipped bit, a page cut short), or None. Sending them would be a bad request."""
-    try:
-        wire = orjson.loads(event.json)
-    except orjson.JSONDecodeError as exc:
-        return ValidationError(where, f"not JSON (a damaged row): {exc}")
-    if not isinstance(wire, dict):
-        return ValidationError(where, "not a JSON object (a damaged row)")
-    try:
-        encoded = encode_event(wire, where)
-    except ValidationError as exc:
-        return exc
-    if encoded.id != event.id:
-        return ValidationError(
-            where, f"the row's id {event.id!r} is not the event's id {encoded.id!r} (a damaged row)"
-        )
-    return None
-
-
 def _damaged_rows(
     spool: SpoolQueue,
     bad: list[tuple[Item, ValidationError]],
@@ -171,19 +149,11 @@ def _damaged_rows(
         spool.ack([], [(item, f"damaged: {error}") for item, error in bad])
     except SpoolError as exc:
         log.error("drain: %s", exc)
-    invalid = [InvalidEvent(-1, _shown(item.event), error) for item, error in bad]
+    invalid = [InvalidEvent(-1, damaged_view(item.event), error) for item, error in bad]
     with lock:
         result.invalid.extend(invalid)
         if on_batch is not None:
             on_batch(BatchOutcome(-1, len(invalid), invalid=invalid), result)
-
-
-def _shown(event: EncodedEvent) -> object:
-    """What the rejected file shows of a damaged event: its JSON, else its text."""
-    try:
-        return orjson.loads(event.json)
-    except orjson.JSONDecodeError:
-        return event.json.decode("utf-8", "replace")
 
 
 def deliver(

@@ -51,10 +51,10 @@ from typing import IO, Any
 import orjson
 
 from .client import DEFAULT_CONCURRENCY, Client
-from .drain import DrainResult, deliver, revalidate
+from .drain import DrainResult, deliver
 from .errors import ConfigurationError, SpoolError, TogaiError, ValidationError
 from .results import BatchOutcome, InvalidEvent
-from .validation import EncodedEvent
+from .validation import EncodedEvent, revalidate
 
 __all__ = ["Damage", "Row", "SpoolImage", "damaged", "in_use", "salvage"]
 

@@ -50,7 +50,7 @@ from .queues import EventQueue, Item, MemoryQueue
 from .results import BatchOutcome, FailedEvent, RejectedEvent
 from .retry import is_fatal
 from .spool import Durability, SpoolQueue
-from .validation import EncodedEvent, EventLike, encode_event
+from .validation import EncodedEvent, EventLike, damaged_view, encode_event, revalidate
 
 __all__ = [
     "BackgroundSender",
@@ -532,8 +532,34 @@ class _Worker(threading.Thread):
         except TogaiError as exc:
             log.error("BackgroundSender: %s; the batch will be taken again later", exc)
 
+    def _set_aside_damaged(self, items: list[Item]) -> list[Item]:
+        """Spooled rows that are no valid event any more (a damaged file: a flipped bit, a
+        page cut short) would fail their whole batch on every attempt: they leave the spool
+        as rejected (``dead_letter`` keeps them), reported and logged. The rest go on."""
+        damaged = [(i, e) for i in items if (e := revalidate(i.event, "spooled event"))]
+        if not damaged:
+            return items
+        reasons = [(item, f"damaged in the spool: {error}") for item, error in damaged]
+        log.error(
+            "%d spooled events are damaged (no valid events any more), set aside as rejected: %s",
+            len(damaged),
+            [(item.event.id, reason) for item, reason in reasons],
+        )
+        self._settle_in_queue(lambda: self.queue.ack([], reasons))
+        outcome = BatchOutcome(-1, len(damaged))
+        outcome.rejected = [RejectedEvent(-1, damaged_view(i.event), r) for i, r in reasons]
+        with self.sender._lock:
+            self.sender._settle([item.event.id for item, _ in damaged])
+        self.sender._record(outcome, 0)
+        bad = {item.key for item, _ in damaged}
+        return [item for item in items if item.key not in bad]
+
     def _send(self, items: list[Item]) -> None:
         sender = self.sender
+        if self.queue.durable:
+            items = self._set_aside_damaged(items)
+            if not items:
+                return
         events = [item.event for item in items]
         try:
             outcome = self.sender.client.send_encoded(events)

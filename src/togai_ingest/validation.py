@@ -206,6 +206,34 @@ def encode_at(event: EventLike, where: str | int) -> EncodedEvent:
     return _encoded(event_id if type(event_id) is str else str(event_id), data)
 
 
+def revalidate(event: EncodedEvent, where: str) -> ValidationError | None:
+    """Why the stored bytes of ``event`` are no valid event any more (a damaged spool file:
+    a flipped bit, a page cut short), or None. Sending them would fail the whole batch."""
+    try:
+        wire = orjson.loads(event.json)
+    except orjson.JSONDecodeError as exc:
+        return ValidationError(where, f"not JSON (a damaged row): {exc}")
+    if type(wire) is not dict:
+        return ValidationError(where, "not a JSON object (a damaged row)")
+    if not (_is_valid or _validity())(wire):
+        try:
+            encode_event(wire, where)
+        except ValidationError as exc:
+            return exc
+    if (found := wire.get("id")) != event.id:
+        why = f"the row's id {event.id!r} is not the event's id {found!r} (a damaged row)"
+        return ValidationError(where, why)
+    return None
+
+
+def damaged_view(event: EncodedEvent) -> object:
+    """What a report shows of a damaged event: its JSON, else its text."""
+    try:
+        return orjson.loads(event.json)
+    except orjson.JSONDecodeError:
+        return event.json.decode("utf-8", "replace")
+
+
 def _name(where: str | int) -> str:
     return where if isinstance(where, str) else f"events[{where}]"
 

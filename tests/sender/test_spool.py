@@ -296,3 +296,45 @@ def test_a_process_holding_the_open_lock_costs_a_bounded_wait(tmp_path: Path) ->
         assert time.monotonic() - started < 5.0
     finally:
         os.close(holder)
+
+
+def test_damaged_rows_are_set_aside_and_the_rest_of_their_batch_is_delivered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Rows that SQLite reads back fine but that are no valid event any more (a flipped bit,
+    # a page zero-filled, an id that does not match): sent, they would fail their whole
+    # batch with a 400 on every attempt, and the good events beside them would never go.
+    spool = tmp_path / "events.spool"
+    first = BackgroundSender(_client(DOWN), spool_path=spool, flush_interval=0.01)
+    ids = [f"row-{i}" for i in range(30)]
+    for event_id in ids:
+        first.enqueue(wire_event(id=event_id))
+    first.close(timeout=0.5)
+    damage = {
+        "row-3": b"\x00" * 40,  # a page cut short and zero-filled
+        "row-7": orjson.dumps(wire_event(id="row-7")).replace(b'"eventName"', b'"eventNbme"'),
+        "row-9": orjson.dumps(wire_event(id="someone-else")),
+    }
+    with sqlite3.connect(spool) as conn:
+        for event_id, body in damage.items():
+            conn.execute("UPDATE events SET body = ? WHERE id = ?", (body, event_id))
+    rejected: list[Any] = []
+    with caplog.at_level(logging.ERROR, logger="togai_ingest"), FaultServer(token=SECRET) as srv:
+        second = BackgroundSender(
+            _client(srv.url),
+            spool_path=spool,
+            flush_interval=0.01,
+            dead_letter=True,
+            on_rejected=rejected.extend,
+        )
+        assert _wait(lambda: len(srv.ledger) == len(ids) - len(damage))
+        second.close(timeout=10)
+    assert sorted(srv.ledger) == sorted(set(ids) - set(damage))
+    assert srv.violations == []  # nothing damaged reached the server
+    assert len(rejected) == len(damage)
+    assert all(r.message.startswith("damaged in the spool") for r in rejected)
+    queue = SpoolQueue(spool)
+    assert queue.ids() == []
+    assert sorted(i for i, _, _ in queue.dead_letters()) == sorted(damage)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert all(event_id in logged for event_id in damage)
