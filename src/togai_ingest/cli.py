@@ -174,6 +174,20 @@ def _client_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _progress_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How a sending command shows its progress: the same for ``send`` and ``drain``."""
+    command = click.option(
+        "-q", "--quiet", is_flag=True, help="No progress and no summary; errors only."
+    )(command)
+    return click.option(
+        "--progress-interval",
+        type=_Finite(min=0.05, max=86400),
+        default=5.0,
+        show_default=True,
+        help="Seconds between progress lines when stderr is not a terminal.",
+    )(command)
+
+
 def _client(
     cls: type[ClientT],
     token: str,
@@ -332,14 +346,7 @@ class _LogToStderr(logging.Handler):
     help="Remember how far the input was sent; running the same command again resumes "
     "there. At most concurrency x batch-size events are sent again after a kill.",
 )
-@click.option(
-    "--progress-interval",
-    type=_Finite(min=0.05, max=86400),
-    default=5.0,
-    show_default=True,
-    help="Seconds between progress lines when stderr is not a terminal.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors only.")
+@_progress_options
 def send(
     files: tuple[str, ...],
     fmt: Format | None,
@@ -422,14 +429,7 @@ def send(
     help="Salvage SPOOL even if SQLite can open it (e.g. a spool whose -wal was lost). "
     "A damaged spool, or a file the sender moved aside (*.corrupt-*), is always salvaged.",
 )
-@click.option(
-    "--progress-interval",
-    type=_Finite(min=0.05, max=86400),
-    default=5.0,
-    show_default=True,
-    help="Seconds between progress lines when stderr is not a terminal.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary; errors only.")
+@_progress_options
 def drain(
     spool: Path,
     base_url: str,
