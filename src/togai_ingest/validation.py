@@ -353,14 +353,16 @@ def _snake(name: str) -> str:
 
 @functools.cache
 def _wire_names() -> dict[str, str]:
-    """``snake_case(property)`` -> property, over every property the document names."""
+    """``snake_case(property)`` -> property, over every property the document names; a
+    field name two properties share (``accountId``, ``accountID``) is left out: no plan."""
     names: dict[str, str] = {}
+    shared: set[str] = set()
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             for prop in node.get("properties") or {}:
-                if isinstance(prop, str):
-                    names.setdefault(_snake(prop), prop)
+                if isinstance(prop, str) and names.setdefault(_snake(prop), prop) != prop:
+                    shared.add(_snake(prop))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -368,7 +370,7 @@ def _wire_names() -> dict[str, str]:
                 walk(value)
 
     walk(spec().document)
-    return names
+    return {field: prop for field, prop in names.items() if field not in shared}
 
 
 _plans: dict[type, tuple[tuple[str, str], ...] | None] = {}

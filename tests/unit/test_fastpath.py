@@ -234,3 +234,18 @@ def test_a_valid_jsonl_record_is_what_it_was_before(tmp_path: Path) -> None:
     (record,) = read_records([Input(str(path), "jsonl")])
     assert record.event is not None and record.event.wire() == wire
     assert record.event.json == encode_event(wire).json
+
+
+def test_a_field_name_two_properties_share_gets_no_wire_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    document: dict[str, Any] = {
+        "a": {"properties": {"accountId": {}}},
+        "b": {"properties": {"accountID": {}}},
+    }
+    monkeypatch.setattr(validation, "spec", lambda: type("S", (), {"document": document})())
+    validation._wire_names.cache_clear()
+    try:
+        assert "account_id" not in validation._wire_names()
+    finally:
+        validation._wire_names.cache_clear()
