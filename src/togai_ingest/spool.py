@@ -1,9 +1,11 @@
 """``SpoolQueue``: the background sender's queue in a SQLite file that survives the process.
 
-Storage: the standard library's ``sqlite3`` in WAL mode, one table ``events`` (rowid ``seq``,
-``id``, the event's JSON ``body``, a lease: ``owner`` and ``due``, and ``attempts``). Nothing to
-install, one file (plus ``-wal``/``-shm`` and a ``.lock`` file that serialises opening), safe
-for several processes (SQLite's locks; leases below). Figures: ``bench/enqueue.py``.
+Storage: the standard library's ``sqlite3`` in WAL mode: a table ``events`` (rowid ``seq``,
+``id``, the event's JSON ``body``, ``due``: when a batch that failed may be tried again, and
+``attempts``), a table ``leases`` (a batch being sent: its ``owner`` process, ``due``: when the
+lease expires, and its rows' ``seqs``) and ``dead_letter``. Nothing to install, one file (plus
+``-wal``/``-shm`` and a ``.lock`` file that serialises opening), safe for several processes
+(SQLite's locks; leases below). Figures: ``bench/enqueue.py``.
 
 - ``put`` returns once the event is committed. Commits are grouped by one writer thread: a
   ``put`` adds its row to the open group (a few bytecodes under one lock, no per-event work)
@@ -13,19 +15,31 @@ for several processes (SQLite's locks; leases below). Figures: ``bench/enqueue.p
   lease of ``take``, ``ack``, ``release``) are run by the writer too, between two commits, on
   the same connection: one process never waits for itself in SQLite's busy handler (which
   sleeps milliseconds), and the writer never waits for a worker thread that holds the
-  connection while it waits for the GIL or a CPU (each is one statement, bar an ``ack`` that
-  keeps dead letters). The writer (``togai-spool-writer``, a daemon) starts at the first put
-  or transaction, stops in ``shutdown`` once what is pending is committed, and is made anew
-  in a forked child. Checkpoints (which fsync) run in a maintenance thread on their own
-  connection, never on the enqueue path; the same thread renews leases.
+  connection while it waits for the GIL or a CPU. Each is kept short, because every put
+  waiting for a commit waits behind it: a lease writes one narrow row in ``leases`` (it used
+  to rewrite a hundred wide rows of ``events``, 0.3-0.5 ms, which set the spooled enqueue's
+  p99), and an ``ack`` deletes its rows in steps of ``_STEP_ROWS``, one transaction each, with
+  a group commit between two steps. A process killed between two steps has acknowledged part
+  of a batch: the rest is sent again, with the same ids. The writer (``togai-spool-writer``,
+  a daemon) starts at the first put or transaction, stops in ``shutdown`` once what is
+  pending is committed, and is made anew in a forked child. Checkpoints (which fsync) run in a
+  maintenance thread on its own connection, never on the enqueue path; the same thread renews
+  leases.
 - Durability ``"process"`` (``synchronous=NORMAL``): a committed event survives the death of
   the process (kill -9, OOM, a crash); a power loss or kernel crash may lose the last commits.
   ``"power"`` (``synchronous=FULL``): the WAL is fsynced at every commit, a committed event
   also survives a power loss.
-- ``take`` leases rows (``owner`` = this process, ``due`` = now + ``lease_seconds``), renewed
-  while the worker holds them; rows of a process that died are taken again when the lease
-  expires, or at once when the owner is a dead process of this host. An event leaves the
-  table only by ``ack`` (a final outcome); ``release`` makes it due again after a backoff.
+- ``take`` leases rows no live lease holds: one ``leases`` row (``owner`` = this process,
+  ``due`` = now + ``lease_seconds``), renewed while the worker holds it; the rows of a process
+  that died are taken again when its lease expires, or at once when the owner is a dead
+  process of this host. An event leaves ``events`` only by ``ack`` (a final outcome);
+  ``release`` makes it due again after a backoff. The lease row goes when none of its events
+  is held any more.
+- Older spools: a spool written before the ``leases`` table kept leases in ``events.owner``
+  and ``events.due``; those are honoured (a row whose ``due`` is ahead is not taken, a dead
+  owner's rows are freed). Processes of the older version and of this one must not share one
+  spool at the same time: the older ones do not see ``leases``, and may send a batch in
+  flight twice (the ids make that harmless for the API).
 - A file that is not a database, truncated or corrupt is moved aside (``PATH.corrupt-<time>``,
   an ERROR log names it) and a fresh spool starts. A full disk (SQLITE_FULL) makes ``put``
   raise ``SpoolFullError``; what is committed stays.
@@ -40,10 +54,11 @@ import os
 import random
 import socket
 import sqlite3
+import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +72,8 @@ log = logging.getLogger("togai_ingest")
 
 Durability = Literal["process", "power"]
 _MAX_GROUP = 500  # events per commit (SQLite allows 32,766 variables in a statement)
+_STEP_ROWS = 25  # rows a step of an ack deletes (see the module's docstring)
+_SEQ = struct.Struct("<q")  # a lease's seqs (``leases.seqs``): little-endian int64s
 _WAIT_SLICE = 1.0  # seconds a put waits for its commit before it looks at the writer again
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _SCHEMA = """
@@ -69,6 +86,12 @@ CREATE TABLE IF NOT EXISTS events (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_leased ON events (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    due REAL NOT NULL,
+    seqs BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
@@ -102,12 +125,15 @@ class _Group:
 
 class _Job:
     """Work of the worker's side (a lease, an acknowledgement) that the writer thread runs on
-    its connection between two group commits; ``gate`` as in ``_Group``."""
+    its connection between two group commits; ``gate`` as in ``_Group``. ``work(conn)``
+    returns the result, or is a generator: each ``yield`` ends a step (the writer commits the
+    puts that wait before it takes the next), and what it returns is the result."""
 
-    __slots__ = ("error", "finished", "gate", "result", "work")
+    __slots__ = ("error", "finished", "gate", "result", "steps", "work")
 
     def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
         self.work = work
+        self.steps: Generator[None, None, Any] | None = None
         self.gate = threading.Lock()
         self.gate.acquire()
         self.finished = False
@@ -120,12 +146,40 @@ class _Job:
             self.finished = True
             self.gate.release()
 
+    def step(self, connect: Callable[[], sqlite3.Connection]) -> bool:
+        """Run the next step on ``connect()``; True when the job is over (its result or error
+        is set)."""
+        try:
+            conn = connect()
+            if self.steps is None:
+                out = self.work(conn)
+                if not isinstance(out, Generator):
+                    self.result = out
+                    return True
+                self.steps = out
+            next(self.steps)
+            return False
+        except StopIteration as stop:
+            self.result = stop.value
+        except Exception as exc:
+            self.error = exc
+        return True
+
 
 def _error(exc: sqlite3.Error, what: str) -> SpoolError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL:
         return SpoolFullError(f"{what}: the disk or the spool is full ({exc})")
     return SpoolError(f"{what}: {exc}")
+
+
+def _pack(seqs: Sequence[int]) -> bytes:
+    return struct.pack(f"<{len(seqs)}q", *seqs)
+
+
+def _unpack(data: bytes) -> tuple[int, ...]:
+    count = len(data) // _SEQ.size  # a damaged blob of another length: what it holds whole
+    return struct.unpack_from(f"<{count}q", data)
 
 
 def _owner_alive(owner: str) -> bool:
@@ -212,7 +266,8 @@ class SpoolQueue:
         self._closed = False
         self._count = 0
         self._bytes = 0
-        self._leased: dict[int, int] = {}  # seq -> body bytes
+        self._leased: dict[int, tuple[int, int]] = {}  # seq -> (body bytes, lease id)
+        self._leases: dict[int, set[int]] = {}  # lease id -> the seqs it still holds
         self._woken = False
         self._committed = threading.Condition(threading.Lock())
         self._fresh = 0  # events committed here since the worker last counted
@@ -410,15 +465,16 @@ class SpoolQueue:
         """Commit each group that has rows, until ``shutdown`` (which waits for what is
         pending). Whatever happens, no put is left waiting on a group nobody commits."""
         current: _Group | None = None
-        jobs: list[_Job] = []
+        jobs: list[_Job] = []  # the jobs with steps to run
         try:
             self._start_maintenance()
             fresh = _Group()  # made outside the lock
             while True:
                 with self._wlock:
-                    # Take the open group and the jobs, leaving fresh ones in their place:
+                    # Take the open group and the new jobs, leaving fresh ones in their place:
                     # what is added from here on waits for the next round.
-                    group, jobs = self._group, self._jobs
+                    group = self._group
+                    jobs += self._jobs
                     self._jobs = []
                     if group.rows:
                         self._group = fresh
@@ -435,13 +491,12 @@ class SpoolQueue:
                 elif not jobs:
                     self._sleep()
                     continue
-                for job in jobs:  # after the commit its puts wait for
-                    try:
-                        with self._io:
-                            job.result = job.work(self._connection())
-                    except Exception as exc:
-                        job.error = exc
-                    job.finish()
+                for job in list(jobs):  # one step each, after the commit its puts wait for
+                    with self._io:
+                        over = job.step(self._connection)
+                    if over:
+                        jobs.remove(job)
+                        job.finish()
         except BaseException as exc:
             with self._wlock:  # a bug: fail what waits; the next put starts a new writer
                 pending, self._group = self._group, _Group()
@@ -482,7 +537,11 @@ class SpoolQueue:
                     self._kick.release()
         if inline:
             with self._io:
-                return work(self._connection())
+                while not job.step(self._connection):
+                    pass
+            if job.error is not None:
+                raise job.error
+            return job.result
         if self._writer is None:
             self._start_writer()
         gate = job.gate
@@ -548,12 +607,14 @@ class SpoolQueue:
                                     check_same_thread=False,
                                 )
                             checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    if self._leased and time.monotonic() - renewed >= self.lease_seconds / 3:
+                    held = list(self._leases)
+                    if held and time.monotonic() - renewed >= self.lease_seconds / 3:
                         renewed = time.monotonic()
+                        marks = ", ".join("?" * len(held))
                         with self._io:
                             self._connection().execute(
-                                "UPDATE events SET due = ? WHERE owner = ?",
-                                (time.time() + self.lease_seconds, self.owner),
+                                f"UPDATE leases SET due = ? WHERE owner = ? AND id IN ({marks})",
+                                (time.time() + self.lease_seconds, self.owner, *held),
                             )
         finally:
             if checkpointer is not None:
@@ -563,25 +624,32 @@ class SpoolQueue:
     # --- The worker's side.
 
     def _reap(self, conn: sqlite3.Connection) -> None:
-        """Free at once the leases of dead processes of this host."""
+        """Free at once the leases of dead processes of this host (and the row leases of a
+        spool written by a version before the ``leases`` table, in ``events.owner``)."""
         if time.monotonic() - self._last_reap < 1.0:
             return
         self._last_reap = time.monotonic()
         owners = conn.execute(
-            "SELECT DISTINCT owner FROM events WHERE owner IS NOT NULL"
+            "SELECT owner FROM leases UNION SELECT owner FROM events WHERE owner IS NOT NULL"
         ).fetchall()
         for (owner,) in owners:
             if owner != self.owner and not _owner_alive(owner):
+                conn.execute("DELETE FROM leases WHERE owner = ?", (owner,))
                 conn.execute("UPDATE events SET owner = NULL, due = 0 WHERE owner = ?", (owner,))
 
     def _due(self, limit: int) -> int:
         def count(conn: sqlite3.Connection) -> int:
             self._reap(conn)
+            now = time.time()
+            (held,) = conn.execute(
+                "SELECT coalesce(sum(length(seqs)), 0) FROM leases WHERE due > ?", (now,)
+            ).fetchone()
+            held = int(held) // _SEQ.size  # leased rows are due: count past them (roughly)
             row = conn.execute(
                 "SELECT count(*) FROM (SELECT 1 FROM events WHERE due <= ? LIMIT ?)",
-                (time.time(), limit),
+                (now, limit + held),
             ).fetchone()
-            return int(row[0])
+            return max(0, int(row[0]) - held)
 
         result: int = self._on_writer(count)
         return result
@@ -611,11 +679,7 @@ class SpoolQueue:
                     finally:
                         self._taking = False
             self._woken = False
-            items = self._lease(
-                "SELECT seq FROM events WHERE due <= ? ORDER BY seq LIMIT ?",
-                (time.time(), max_items),
-                reap=True,
-            )
+            items = self._lease("due <= ?", (time.time(),), 0, max_items, reap=True)
             self._backlog = len(items) >= max_items
             return items
         except (sqlite3.Error, SpoolError) as exc:
@@ -630,9 +694,7 @@ class SpoolQueue:
         with self._io:
             self._reap(self._connection())
         return self._lease(
-            "SELECT seq FROM events WHERE seq > ? AND seq <= ? AND (owner IS NULL OR due <= ?) "
-            "ORDER BY seq LIMIT ?",
-            (after, upto, time.time(), max_items),
+            "seq <= ? AND (owner IS NULL OR due <= ?)", (upto, time.time()), after, max_items
         )
 
     def last_seq(self) -> int:
@@ -641,40 +703,107 @@ class SpoolQueue:
         return int(row[0] or 0)
 
     def _lease(
-        self, select: str, params: tuple[float | int, ...], reap: bool = False
+        self,
+        where: str,
+        params: tuple[float | int, ...],
+        after: int,
+        max_items: int,
+        reap: bool = False,
     ) -> list[Item]:
-        def lease(conn: sqlite3.Connection) -> list[Any]:
+        """Lease up to ``max_items`` rows with ``seq > after`` that meet ``where`` and no live
+        lease holds, in seq order: one row in ``leases`` (this process, a due time, the rows'
+        seqs), in one transaction. The events' rows are only read: a lease writes one narrow
+        row, not a hundred wide ones. What is not SQL runs here, not on the writer."""
+        candidates = (
+            f"SELECT seq, id, body, attempts FROM events WHERE {where} AND seq > ? "
+            "ORDER BY seq LIMIT ?"
+        )
+
+        def lease(conn: sqlite3.Connection) -> tuple[int | None, list[Any]]:
             if reap:
                 self._reap(conn)
-            # One statement: its own transaction (SQLite takes the write lock when it starts,
-            # with the busy handler), and one call into SQLite for the writer thread.
-            rows: list[Any] = conn.execute(
-                f"UPDATE events SET owner = ?, due = ? WHERE seq IN ({select}) "
-                "RETURNING seq, id, body, attempts",
-                (self.owner, time.time() + self.lease_seconds, *params),
-            ).fetchall()
-            return rows
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                held: set[int] = set()
+                expired = []
+                for lease_id, due, seqs in conn.execute("SELECT id, due, seqs FROM leases"):
+                    if due <= now:
+                        expired.append(lease_id)  # taken over: the rows are free again
+                    else:
+                        held.update(_unpack(seqs))
+                if expired:
+                    marks = ", ".join("?" * len(expired))
+                    conn.execute(f"DELETE FROM leases WHERE id IN ({marks})", expired)
+                rows = conn.execute(candidates, (*params, after, max_items + len(held))).fetchall()
+                if held:
+                    rows = [row for row in rows if row[0] not in held][:max_items]
+                made = None
+                if rows:
+                    made = conn.execute(
+                        "INSERT INTO leases (owner, due, seqs) VALUES (?, ?, ?)",
+                        (self.owner, now + self.lease_seconds, _pack([row[0] for row in rows])),
+                    ).lastrowid
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return made, rows
 
-        rows: list[Any] = self._on_writer(lease)
-        rows.sort()
-        if rows and self._maintainer is None:
-            self._start_maintenance()
+        lease_id, rows = self._on_writer(lease)
+        if lease_id is None:
+            return []
+        self._leases[lease_id] = {row[0] for row in rows}
+        leased = self._leased
         for seq, _, body, _ in rows:
-            self._leased[seq] = len(body)
+            leased[seq] = (len(body), lease_id)
+        if self._maintainer is None:
+            self._start_maintenance()
         return [
             Item(seq, EncodedEvent(i, bytes(body)), attempts) for seq, i, body, attempts in rows
         ]
 
-    def _transaction(self, items: Sequence[Item], what: str, work: Any, atomic: bool) -> None:
-        """Run ``work(conn)`` on the writer (in one write transaction if ``atomic``; else it is
-        one statement, a transaction of its own). If it fails the leases of ``items`` are no
-        longer renewed: the events come back when the lease expires (an accepted event is then
-        sent again: harmless, its id is the same). Raises ``SpoolError``."""
+    def _forget(self, items: Sequence[Item]) -> tuple[int, list[int], set[int]]:
+        """Forget the leases of ``items`` (acknowledged or released; each is settled by the
+        thread that took it). Returns their bytes, the leases that hold no event any more
+        (their rows are deleted with the events) and every lease they were in."""
+        size, done, touched = 0, [], set()
+        for item in items:
+            entry = self._leased.pop(item.key, None)
+            if entry is None:
+                size += len(item.event.json)
+                continue
+            size += entry[0]
+            touched.add(entry[1])
+            held = self._leases.get(entry[1])
+            if held is not None:
+                held.discard(item.key)
+                if not held:
+                    del self._leases[entry[1]]
+                    done.append(entry[1])
+        return size, done, touched
 
-        def transaction(conn: sqlite3.Connection) -> None:
+    def _drop_leases(self, conn: sqlite3.Connection, done: Sequence[int]) -> None:
+        if done:
+            marks = ", ".join("?" * len(done))
+            conn.execute(
+                f"DELETE FROM leases WHERE owner = ? AND id IN ({marks})", (self.owner, *done)
+            )
+
+    def _transaction(
+        self, touched: set[int], what: str, work: Callable[[sqlite3.Connection], Any], atomic: bool
+    ) -> None:
+        """Run ``work(conn)`` on the writer (in one write transaction if ``atomic``; else it is
+        one statement, or steps of one statement each, each a transaction of its own). If it
+        fails the leases ``touched`` are no longer renewed: their events come back when the
+        lease expires (an accepted event is then sent again: harmless, its id is the same).
+        Raises ``SpoolError``."""
+
+        def transaction(conn: sqlite3.Connection) -> Any:
             if not atomic:
-                work(conn)
-                return
+                return work(conn)  # one statement, or a generator of steps
             conn.execute("BEGIN IMMEDIATE")
             try:
                 work(conn)
@@ -688,45 +817,69 @@ class SpoolQueue:
         try:
             self._on_writer(transaction)
         except sqlite3.Error as exc:
-            for item in items:
-                self._leased.pop(item.key, None)
+            for lease_id in touched:
+                self._leases.pop(lease_id, None)
             raise _error(exc, f"cannot {what} in the spool {self.path}") from None
 
     def ack(self, items: Sequence[Item], dead: Sequence[tuple[Item, str]] = ()) -> None:
         every = [*items, *(item for item, _ in dead)]
         if not every:
             return
-        letters = bool(dead) and self.dead_letter
+        keys = [i.key for i in every]
+        size, done, touched = self._forget(every)
 
-        def work(conn: sqlite3.Connection) -> None:
-            if letters:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO dead_letter (seq, id, body, reason, at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(i.key, i.event.id, i.event.json, why, time.time()) for i, why in dead],
-                )
-            marks = ", ".join("?" * len(every))
-            conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", [i.key for i in every])
+        def letters(conn: sqlite3.Connection) -> None:
+            # One transaction: a rejected event is kept as a dead letter and deleted, or neither.
+            conn.executemany(
+                "INSERT OR REPLACE INTO dead_letter (seq, id, body, reason, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(i.key, i.event.id, i.event.json, why, time.time()) for i, why in dead],
+            )
+            marks = ", ".join("?" * len(keys))
+            conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", keys)
+            self._drop_leases(conn, done)
 
-        self._transaction(every, "acknowledge events", work, atomic=letters)
-        size = sum(self._leased.pop(i.key, len(i.event.json)) for i in every)
+        def steps(conn: sqlite3.Connection) -> Generator[None, None, None]:
+            for start in range(0, len(keys), _STEP_ROWS):
+                if start:
+                    yield
+                part = keys[start : start + _STEP_ROWS]
+                marks = ", ".join("?" * len(part))
+                conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", part)
+            self._drop_leases(conn, done)
+
+        kept = bool(dead) and self.dead_letter
+        self._transaction(touched, "acknowledge events", letters if kept else steps, kept)
         self._uncount(len(every), size)
 
     def release(self, items: Sequence[Item], delay: float) -> None:
         if not items:
             return
+        leases = {i.key: entry[1] for i in items if (entry := self._leased.get(i.key))}
+        _, done, touched = self._forget(items)
 
         def work(conn: sqlite3.Connection) -> None:
-            marks = ", ".join("?" * len(items))
-            conn.execute(
-                "UPDATE events SET owner = NULL, due = ?, attempts = attempts + 1 "
-                f"WHERE owner = ? AND seq IN ({marks})",
-                [time.time() + delay, self.owner, *(i.key for i in items)],
-            )
+            # Only rows whose lease is still this process's: a lease that expired may have
+            # been taken over, and its rows are another's now.
+            marks = ", ".join("?" * len(touched))
+            mine = {
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM leases WHERE owner = ? AND id IN ({marks})",
+                    (self.owner, *touched),
+                )
+            }
+            keys = [key for key, lease_id in leases.items() if lease_id in mine]
+            if keys:
+                marks = ", ".join("?" * len(keys))
+                conn.execute(
+                    "UPDATE events SET owner = NULL, due = ?, attempts = attempts + 1 "
+                    f"WHERE seq IN ({marks})",
+                    [time.time() + delay, *keys],
+                )
+            self._drop_leases(conn, done)
 
-        self._transaction(items, "release events", work, atomic=False)
-        for item in items:
-            self._leased.pop(item.key, None)
+        self._transaction(touched, "release events", work, atomic=True)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before a batch that failed ``attempts`` times is tried again (jittered)."""
@@ -791,10 +944,9 @@ class SpoolQueue:
             if self._conn is None:
                 return
             with contextlib.suppress(sqlite3.Error):
-                self._conn.execute(
-                    "UPDATE events SET owner = NULL, due = 0 WHERE owner = ?", (self.owner,)
-                )
+                self._conn.execute("DELETE FROM leases WHERE owner = ?", (self.owner,))
             self._leased.clear()
+            self._leases.clear()
             self._conn.close()
             self._conn = None
 

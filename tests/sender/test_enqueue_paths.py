@@ -385,3 +385,33 @@ def test_the_writer_runs_each_job_of_the_worker_once_between_commits(tmp_path: P
         putter.join(30)
     queue.shutdown()
     assert runs == list(range(300))
+
+
+def test_a_job_in_steps_lets_the_puts_waiting_behind_it_commit_between_two_steps(
+    tmp_path: Path,
+) -> None:
+    """An ``ack`` runs in steps so that a put waits behind one step, not a whole batch: the
+    writer commits the group that formed during a step before it runs the next one."""
+    queue = SpoolQueue(tmp_path / "s")
+    queue.put(_event("first"), None)  # the writer runs
+    seen: list[int] = []
+    putter: list[threading.Thread] = []
+
+    def job(conn: sqlite3.Connection) -> Any:
+        seen.append(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        thread = threading.Thread(target=queue.put, args=(_event("during"), None))
+        thread.start()
+        putter.append(thread)
+        deadline = time.monotonic() + 10
+        while not queue._group.rows:  # the put joined the open group, and waits for it
+            assert time.monotonic() < deadline, "the put never joined a group"
+            time.sleep(0.001)
+        yield
+        seen.append(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return "done"
+
+    assert queue._on_writer(job) == "done"
+    putter[0].join(10)
+    assert seen == [1, 2], "the put made during the first step was not committed before the next"
+    queue.shutdown()
+    assert _committed_ids(tmp_path / "s") == ["first", "during"]
