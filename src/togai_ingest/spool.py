@@ -175,6 +175,21 @@ def _error(exc: sqlite3.Error, what: str) -> SpoolError:
     return SpoolError(f"{what}: {exc}")
 
 
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, its lock taken at once (SQLite's busy handler waits for it):
+    committed, or rolled back if the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 def _checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
@@ -751,8 +766,7 @@ class SpoolQueue:
             if reap:
                 self._reap(conn)
             now = time.time()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):
                 held: set[int] = set()
                 expired = []
                 for lease_id, due, seqs in conn.execute("SELECT id, due, seqs FROM leases"):
@@ -772,12 +786,6 @@ class SpoolQueue:
                         "INSERT INTO leases (owner, due, seqs) VALUES (?, ?, ?)",
                         (self.owner, now + self.lease_seconds, _pack([row[0] for row in rows])),
                     ).lastrowid
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
             return made, rows
 
         lease_id, rows = self._on_writer(lease)
@@ -832,15 +840,8 @@ class SpoolQueue:
         def transaction(conn: sqlite3.Connection) -> Any:
             if not atomic:
                 return work(conn)  # one statement, or a generator of steps
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):
                 work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
 
         try:
             self._on_writer(transaction)
