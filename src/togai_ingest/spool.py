@@ -619,9 +619,9 @@ class SpoolQueue:
         the writer runs one more checkpoint itself, between two commits: it copies only what
         was written since this one (and fsyncs), and the next commit starts the WAL again
         (``journal_size_limit`` cuts the file back). The WAL stays under ``_WAL_LIMIT`` plus
-        what is written in ``_CHECKPOINT_EVERY``: about 190 MB at 20,000 events/s, 90 MB at
-        2,000/s; four checkpoints a second instead of one cost the spooled enqueue 5-10 % of
-        its rate and 60 us of its p99 (``bench/enqueue.py``)."""
+        what is written in ``_CHECKPOINT_EVERY``: peaks of 69 MB at 2,000 events/s and 123 MB
+        at 18,000/s were measured; four checkpoints a second instead of one cost the spooled
+        enqueue 5-10 % of its rate and 60 us of its p99 (``bench/enqueue.py``)."""
         checkpointer: sqlite3.Connection | None = None
         renewed = time.monotonic()
         try:
