@@ -104,42 +104,18 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 
 
-class _Group:
-    """Events waiting for the next commit, and the commit's result. ``gate`` is locked until
-    the commit is over; each waiting put acquires it and releases it at once (the next one
-    goes through): cheaper than an Event, and no Condition shared by every put."""
+class _Waited:
+    """What a thread hands to the writer and waits for: ``gate`` is locked until the writer
+    is done with it (``finish``, with an error or not); each waiting thread acquires it and
+    releases it at once (the next one goes through): cheaper than an Event, and no Condition
+    shared by every put."""
 
-    __slots__ = ("error", "finished", "gate", "rows")
+    __slots__ = ("error", "finished", "gate")
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, bytes]] = []
         self.gate = threading.Lock()
         self.gate.acquire()
         self.finished = False
-        self.error: SpoolError | None = None
-
-    def finish(self, error: SpoolError | None = None) -> None:
-        if not self.finished:
-            self.error = self.error or error
-            self.finished = True
-            self.gate.release()
-
-
-class _Job:
-    """Work of the worker's side (a lease, an acknowledgement) that the writer thread runs on
-    its connection between two group commits; ``gate`` as in ``_Group``. ``work(conn)``
-    returns the result, or is a generator: each ``yield`` ends a step (the writer commits the
-    puts that wait before it takes the next), and what it returns is the result."""
-
-    __slots__ = ("error", "finished", "gate", "result", "steps", "work")
-
-    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
-        self.work = work
-        self.steps: Generator[None, None, Any] | None = None
-        self.gate = threading.Lock()
-        self.gate.acquire()
-        self.finished = False
-        self.result: Any = None
         self.error: BaseException | None = None
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -147,6 +123,31 @@ class _Job:
             self.error = self.error or error
             self.finished = True
             self.gate.release()
+
+
+class _Group(_Waited):
+    """Events waiting for the next commit; ``error`` (a ``SpoolError``) if it failed."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str, bytes]] = []
+
+
+class _Job(_Waited):
+    """Work of the worker's side (a lease, an acknowledgement) that the writer thread runs on
+    its connection between two group commits. ``work(conn)`` returns the result, or is a
+    generator: each ``yield`` ends a step (the writer commits the puts that wait before it
+    takes the next), and what it returns is the result."""
+
+    __slots__ = ("result", "steps", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        super().__init__()
+        self.work = work
+        self.steps: Generator[None, None, Any] | None = None
+        self.result: Any = None
 
     def step(self, connect: Callable[[], sqlite3.Connection]) -> bool:
         """Run the next step on ``connect()``; True when the job is over (its result or error
@@ -404,18 +405,7 @@ class SpoolQueue:
             group = None if self._closed or self._full(size) else self._add(row, size)
         if group is None:
             group = self._add_when_room(row, size, timeout)
-        if self._writer is None:
-            self._start_writer()
-        gate = group.gate
-        while not gate.acquire(timeout=_WAIT_SLICE):
-            # A slow commit (SQLite's busy_timeout bounds it), or no writer: start one, or
-            # give up on one that is gone without saying so (it always says so).
-            writer = self._writer
-            if writer is None:
-                self._start_writer()
-            elif not writer.is_alive() and not group.finished:
-                group.finish(SpoolError(f"the spool writer of {self.path} stopped"))
-        gate.release()  # the next put waiting for this group goes through
+        self._wait(group)
         if group.error is not None:
             self._uncount(1, size)
             raise type(group.error)(f"{group.error}; event {event.id!r} was not spooled")
@@ -537,6 +527,21 @@ class SpoolQueue:
             if not isinstance(exc, Exception):
                 raise
 
+    def _wait(self, waited: _Waited) -> None:
+        """Wait until the writer is done with ``waited``; starts a writer if there is none."""
+        if self._writer is None:
+            self._start_writer()
+        gate = waited.gate
+        while not gate.acquire(timeout=_WAIT_SLICE):
+            # A slow commit (SQLite's busy_timeout bounds it), or no writer: start one, or
+            # give up on one that is gone without saying so (it always says so).
+            writer = self._writer
+            if writer is None:
+                self._start_writer()
+            elif not writer.is_alive() and not waited.finished:
+                waited.finish(SpoolError(f"the spool writer of {self.path} stopped"))
+        gate.release()  # the next thread waiting for it goes through
+
     def _sleep(self) -> None:
         """Wait for a put (or shutdown) to release ``_kick``; bounded."""
         if self._kick.acquire(timeout=0.5):
@@ -565,16 +570,7 @@ class SpoolQueue:
             if job.error is not None:
                 raise job.error
             return job.result
-        if self._writer is None:
-            self._start_writer()
-        gate = job.gate
-        while not gate.acquire(timeout=_WAIT_SLICE):
-            writer = self._writer
-            if writer is None:
-                self._start_writer()
-            elif not writer.is_alive() and not job.finished:
-                job.finish(SpoolError(f"the spool writer of {self.path} stopped"))
-        gate.release()
+        self._wait(job)
         if job.error is not None:
             raise job.error
         return job.result
@@ -886,6 +882,12 @@ class SpoolQueue:
             return
         leases = {i.key: entry[1] for i in items if (entry := self._leased.get(i.key))}
         _, done, touched = self._forget(items)
+        # A lease that still holds other events must stop naming these: they are free now.
+        rest = {
+            lease_id: _pack(sorted(held))
+            for lease_id in touched
+            if (held := self._leases.get(lease_id)) is not None
+        }
 
         def work(conn: sqlite3.Connection) -> None:
             # Only rows whose lease is still this process's: a lease that expired may have
@@ -906,6 +908,10 @@ class SpoolQueue:
                     f"WHERE seq IN ({marks})",
                     [time.time() + delay, *keys],
                 )
+            conn.executemany(
+                "UPDATE leases SET seqs = ? WHERE id = ? AND owner = ?",
+                [(seqs, lease_id, self.owner) for lease_id, seqs in rest.items()],
+            )
             self._drop_leases(conn, done)
 
         self._transaction(touched, "release events", work, atomic=True)

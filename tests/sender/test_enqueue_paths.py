@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import SECRET
 from tests.faultserver import FaultServer
+from tests.sender.producers import Producers
 from tests.unit.conftest import wire_event
 from togai_ingest import BackgroundSender, Client, RetryPolicy
 from togai_ingest import spool as spool_module
@@ -89,24 +90,13 @@ def test_memory_puts_from_many_threads_while_taking_lose_and_double_nothing() ->
 
 def test_a_full_memory_queue_raises_and_overshoots_by_at_most_the_putting_threads() -> None:
     queue = MemoryQueue(200)
-    returned: list[str] = []
-    refused: list[str] = []
-    lock = threading.Lock()
-
-    def put(slot: int) -> None:
-        for i in range(400):
-            event_id = f"f{slot}-{i}"
-            try:
-                queue.put(_event(event_id), 0)
-            except QueueFullError as exc:
-                assert event_id in str(exc)
-                with lock:
-                    refused.append(event_id)
-                continue
-            with lock:
-                returned.append(event_id)
-
-    _run([threading.Thread(target=put, args=(k,)) for k in range(THREADS)])
+    producers = Producers(
+        lambda event_id: queue.put(_event(event_id), 0), "f", (QueueFullError,), THREADS
+    )
+    producers.start()
+    producers.join()
+    returned, refused = producers.returned, producers.refused
+    assert all(event_id in why for event_id, why in producers.why.items())
     held = queue.ids()
     assert sorted(held) == sorted(returned), "every put that returned is queued, no other"
     assert 200 <= len(held) <= 200 + THREADS - 1
@@ -324,29 +314,14 @@ def test_spooled_enqueue_racing_close_leaves_no_event_unreported(tmp_path: Path)
         client = Client(SECRET, base_url=srv.url, rate_limit=None, retry=RetryPolicy(max_retries=0))
         spool = tmp_path / "s"
         sender = BackgroundSender(client, spool_path=spool, flush_interval=0.01, batch_size=10)
-        refused: list[str] = []
-        returned: list[str] = []
-        lock = threading.Lock()
-
-        def produce(slot: int) -> None:
-            for i in range(400):
-                event_id = f"t{slot}-{i}"
-                try:
-                    sender.enqueue(wire_event(id=event_id))
-                except ClosedError:
-                    with lock:
-                        refused.append(event_id)
-                    continue
-                with lock:
-                    returned.append(event_id)
-
-        threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
-        for thread in threads:
-            thread.start()
+        producers = Producers(
+            lambda event_id: sender.enqueue(wire_event(id=event_id)), "t", (ClosedError,)
+        )
+        producers.start()
         time.sleep(0.1)
         report = sender.close(timeout=0.05)
-        for thread in threads:
-            thread.join(60)
+        producers.join()
+    returned, refused = producers.returned, producers.refused
     held = set(SpoolQueue(spool).ids())
     assert not set(refused) & (held | set(srv.ledger))
     assert set(report.spooled) <= set(returned)

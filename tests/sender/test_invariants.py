@@ -15,6 +15,7 @@ import pytest
 from tests import openapi
 from tests.conftest import SECRET
 from tests.faultserver import FaultServer, Slow
+from tests.sender.producers import Producers
 from tests.unit.conftest import wire_event
 from togai_ingest import BackgroundSender, Client, RejectedEvent, RetryPolicy, TogaiError
 from togai_ingest.errors import ClosedError, ConfigurationError, QueueFullError, ValidationError
@@ -108,29 +109,16 @@ def test_enqueue_racing_close_leaves_no_event_unreported(when_full: str) -> None
             when_full=when_full,  # type: ignore[arg-type]
             block_timeout=5,
         )
-        refused: list[str] = []
-        returned: list[str] = []
-        lock = threading.Lock()
-
-        def produce(slot: int) -> None:
-            for i in range(400):
-                event_id = f"t{slot}-{i}"
-                try:
-                    sender.enqueue(wire_event(id=event_id))
-                except (ClosedError, QueueFullError):
-                    with lock:
-                        refused.append(event_id)
-                    continue
-                with lock:
-                    returned.append(event_id)
-
-        threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
-        for thread in threads:
-            thread.start()
+        producers = Producers(
+            lambda event_id: sender.enqueue(wire_event(id=event_id)),
+            "t",
+            (ClosedError, QueueFullError),
+        )
+        producers.start()
         time.sleep(0.05)
         report = sender.close(timeout=0.02)  # gives up: some in flight, some never sent
-        for thread in threads:
-            thread.join()
+        producers.join()
+        returned, refused = producers.returned, producers.refused
         late = sender.close()  # what the worker finished after the first report
         time.sleep(0.3)
     reported = [e["id"] for e in report.undelivered + report.in_flight]

@@ -68,6 +68,20 @@ def test_a_batch_is_held_by_one_process_and_a_shut_down_one_gives_it_back(tmp_pa
     b.shutdown()
 
 
+def test_a_released_part_of_a_batch_is_free_while_the_rest_is_held(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    a, b = SpoolQueue(path), SpoolQueue(path)
+    for i in range(4):
+        a.put(_event(f"e{i}"), None)
+    batch = a.take(4, 0)
+    a.release(batch[:2], 0.0)  # failed; the other two are still being sent
+    assert _ids(b.take(10, 0)) == {"e0", "e1"}, "released events stayed held by their lease"
+    assert b.take(10, 0) == []
+    a.ack(batch[2:])
+    a.shutdown()
+    b.shutdown()
+
+
 def test_an_expired_lease_is_taken_over_and_its_late_owner_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s"
     slow, fast, third = SpoolQueue(path), SpoolQueue(path), SpoolQueue(path)
