@@ -10,7 +10,8 @@ lease expires, and its rows' ``seqs``) and ``dead_letter``. Nothing to install, 
 - ``put`` returns once the event is committed. Commits are grouped by one writer thread: a
   ``put`` adds its row to the open group (a few bytecodes under one lock, no per-event work)
   and waits on that group's own gate; the writer takes the whole group, commits it in one
-  statement and one transaction (and, in ``"power"`` mode, one fsync), and opens the gate.
+  transaction (one statement per ``_MAX_GROUP`` rows; in ``"power"`` mode, one fsync), and
+  opens the gate.
   Events put while a commit runs form the next group. The worker's write transactions (the
   lease of ``take``, ``ack``, ``release``) are run by the writer too, between two commits, on
   the same connection: one process never waits for itself in SQLite's busy handler (which
@@ -71,7 +72,7 @@ __all__ = ["Durability", "SpoolQueue"]
 log = logging.getLogger("togai_ingest")
 
 Durability = Literal["process", "power"]
-_MAX_GROUP = 500  # events per commit (SQLite allows 32,766 variables in a statement)
+_MAX_GROUP = 500  # rows per INSERT statement (SQLite allows 32,766 variables in one)
 _STEP_ROWS = 25  # rows a step of an ack deletes (see the module's docstring)
 _SEQ = struct.Struct("<q")  # a lease's seqs (``leases.seqs``): little-endian int64s
 _CHECKPOINT_EVERY = 1.0  # seconds between two checkpoints (each fsyncs), if anything was written
@@ -416,8 +417,6 @@ class SpoolQueue:
         self._bytes += size
         group = self._group
         group.rows.append(row)
-        if len(group.rows) >= _MAX_GROUP:
-            self._group = _Group()
         if self._writer_idle:
             self._writer_idle = False
             self._kick.release()
@@ -484,18 +483,21 @@ class SpoolQueue:
             fresh = _Group()  # made outside the lock
             while True:
                 with self._wlock:
-                    # Take the open group and the new jobs, leaving fresh ones in their place:
-                    # what is added from here on waits for the next round.
-                    group = self._group
+                    # Take the open group (if it has rows) and the new jobs, leaving fresh
+                    # ones in their place: what is added from here on waits for the next
+                    # round. Decided here, once: a group not taken may gain a row the moment
+                    # the lock is released, and is still the open one (it once was committed
+                    # in this round and again in the next).
+                    group = self._group if self._group.rows else None
                     jobs += self._jobs
                     self._jobs = []
-                    if group.rows:
+                    if group is not None:
                         self._group = fresh
                     elif not jobs:
                         if self._stopping:
                             return
                         self._writer_idle = True
-                if group.rows:
+                if group is not None:
                     current = group
                     self._commit(group)
                     group.finish()
@@ -579,10 +581,16 @@ class SpoolQueue:
         try:
             with self._io:
                 conn = self._connection()
-                # One statement, one transaction, one (fsync in "power" mode) for the group.
-                values = ", ".join(["(?, ?)"] * len(group.rows))
-                params = [value for row in group.rows for value in row]
-                conn.execute(f"INSERT INTO events (id, body) VALUES {values}", params)
+                # One transaction, one (fsync in "power" mode) for the group: one statement
+                # of up to _MAX_GROUP rows (a statement's variables are bounded), or more in
+                # one explicit transaction.
+                rows = group.rows
+                if len(rows) <= _MAX_GROUP:
+                    self._insert(conn, rows)
+                else:
+                    with _write_transaction(conn):
+                        for start in range(0, len(rows), _MAX_GROUP):
+                            self._insert(conn, rows[start : start + _MAX_GROUP])
         except sqlite3.Error as exc:
             group.error = _error(exc, f"cannot write to the spool {self.path}")
         except SpoolError as exc:
@@ -595,6 +603,13 @@ class SpoolQueue:
             if self._taking and self._fresh >= self._want:
                 with self._committed:
                     self._committed.notify_all()
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, bytes]]) -> None:
+        values = ", ".join(["(?, ?)"] * len(rows))
+        conn.execute(
+            f"INSERT INTO events (id, body) VALUES {values}", [v for row in rows for v in row]
+        )
 
     def _start_maintenance(self) -> None:
         with self._wlock:

@@ -437,3 +437,80 @@ def test_the_wal_starts_again_while_puts_never_stop(
     queue.shutdown()
     assert resets >= 2, "the WAL never started again while puts went on"
     assert len(_committed_ids(path)) == sum(counts), "an event was lost"
+
+
+class _SlowRelease:
+    """The spool's ``_wlock``, whose release by the writer thread is followed by a pause: it
+    widens the moments after the writer let go of the open group, where a put may join it."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+        if threading.current_thread().name == "togai-spool-writer":
+            time.sleep(0.001)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_put_that_joins_the_group_the_writer_just_left_is_committed_once(
+    tmp_path: Path,
+) -> None:
+    """The writer decided under its lock to take no group (it was empty; a job waited), then
+    looked at the group again without the lock: a put that joined it in between was committed
+    in this round, and again in the next (the group was never taken). Found by the kill trials
+    under CPU load (an id twice in the spool, in consecutive rows)."""
+    path = tmp_path / "s"
+    queue = SpoolQueue(path)
+    queue._wlock = _SlowRelease(queue._wlock)  # type: ignore[assignment]
+    stop = threading.Event()
+
+    def jobs() -> None:
+        while not stop.is_set():
+            queue._on_writer(lambda conn: None)
+
+    worker = threading.Thread(target=jobs)
+    worker.start()
+    producers = Producers(lambda i: queue.put(_event(i), None), "once", (), threads=2, each=150)
+    try:
+        producers.start()
+        producers.join()
+    finally:
+        stop.set()
+        worker.join(30)
+    queue.shutdown()
+    ids = _committed_ids(path)
+    assert len(ids) == len(set(ids)), "an event was committed twice"
+    assert sorted(ids) == sorted(producers.returned)
+
+
+def test_more_puts_than_a_group_holds_all_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group once closed at ``_MAX_GROUP`` events (the rows of one statement) and the puts
+    after it opened the next: the closed group was nobody's, its puts waited for ever. Now a
+    group of more rows commits in several statements of one transaction. Here the writer is
+    held up while more puts than two statements hold join one group."""
+    monkeypatch.setattr(spool_module, "_MAX_GROUP", 4)
+    path = tmp_path / "s"
+    queue = SpoolQueue(path)
+    queue.put(_event("first"), None)  # the writer runs
+    producers = Producers(lambda i: queue.put(_event(i), None), "big", (), threads=11, each=3)
+    with queue._io:  # the writer cannot commit: every put joins a group and waits
+        producers.start()
+        deadline = time.monotonic() + 10
+        while queue._count < 1 + 11 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    producers.join(30)
+    queue.shutdown()
+    ids = _committed_ids(path)
+    assert sorted(ids) == sorted(["first", *producers.returned])
+    assert len(producers.returned) == producers.total
