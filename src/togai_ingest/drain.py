@@ -27,7 +27,7 @@ from .queues import Item
 from .results import BatchOutcome, FailedEvent, InvalidEvent, RejectedEvent
 from .retry import is_fatal
 from .spool import SpoolQueue
-from .validation import EncodedEvent, damaged_view, revalidate
+from .validation import EncodedEvent, damage, damaged_view
 
 if TYPE_CHECKING:
     from .salvage import Damage
@@ -109,7 +109,7 @@ def drain(
                         cursor[0] = items[-1].key
                 good, bad = [], []
                 for item in items:
-                    error = revalidate(item.event, f"spooled event {item.event.id!r}")
+                    error = damage(item.event, item.crc, f"spooled event {item.event.id!r}")
                     if error is None:
                         good.append(item)
                     else:

@@ -32,11 +32,14 @@ __all__ = ["EventQueue", "Item", "MemoryQueue"]
 @dataclass(frozen=True, slots=True)
 class Item:
     """One queued event: ``key`` is the queue's handle for it (a sequence number, a rowid);
-    ``attempts`` how many deliveries of it failed so far."""
+    ``attempts`` how many deliveries of it failed so far; ``crc``: the checksum a spool
+    stored with it (``validation.checksum``; None in memory, or for a row stored without
+    one), which tells whether the bytes read back are still those that were put."""
 
     key: int
     event: EncodedEvent
     attempts: int = 0
+    crc: int | None = None
 
 
 class EventQueue(Protocol):

@@ -24,10 +24,12 @@ the damaged file is never modified (nor its ``-wal``/``-shm``):
 Which table and columns hold the events is not copied from ``spool.py``: it is learned by
 spooling one event into a scratch spool and finding where it landed.
 
-Each row is decoded and validated again (``encode_event``) and its id compared with the row's
-id column: a bit-flipped row is an *invalid* outcome, never a bad request. A flip that leaves
-a valid event with the same id cannot be detected (SQLite keeps no checksum per row). The
-ids make a re-send safe: a salvage run again sends again, harmlessly.
+Each row's checksum column (the CRC-32 of its id and body, ``validation.checksum``) is
+compared with its bytes; a row stored before the spool had one is decoded and validated again
+(``encode_event``) and its id compared with the row's id column. A damaged row is an *invalid*
+outcome, never a bad request; with a checksum that holds even for a flip that leaves a valid
+event with the same id (a digit of a value). The ids make a re-send safe: a salvage run again
+sends again, harmlessly.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from .client import DEFAULT_CONCURRENCY, Client
 from .drain import DrainResult, deliver
 from .errors import ConfigurationError, SpoolError, TogaiError, ValidationError
 from .results import BatchOutcome, InvalidEvent
-from .validation import EncodedEvent, revalidate
+from .validation import EncodedEvent, checksum, damage
 
 __all__ = ["Damage", "Row", "SpoolImage", "damaged", "in_use", "salvage"]
 
@@ -74,13 +76,21 @@ SHOWN = 10
 @dataclass(frozen=True, slots=True)
 class Layout:
     """Where an event is in a row of the spool's events table: ``columns`` values, the rowid
-    alias (stored as NULL) at ``alias``, the id at ``id_col``, the JSON at ``body_col``."""
+    alias (stored as NULL) at ``alias``, the id at ``id_col``, the JSON at ``body_col``, their
+    checksum at ``crc_col`` (None: the spool keeps none). A row stored before the checksum
+    column was added (the last one) has one value less, and no checksum."""
 
     table: str
     columns: int
     alias: int | None
     id_col: int
     body_col: int
+    crc_col: int | None = None
+
+    def fits(self, values: int) -> bool:
+        """Whether a record of ``values`` values can be a row of this table."""
+        older = self.crc_col is not None and self.crc_col == self.columns - 1
+        return values == self.columns or (older and values == self.columns - 1)
 
 
 @functools.cache
@@ -122,12 +132,14 @@ def _probe() -> Layout | None:
                     values = [bytes(v) if isinstance(v, bytes | memoryview) else v for v in row]
                     if probe_id in values and body in values:
                         only_pk = len(alias) == 1 and str(info[alias[0]][2]).upper() == "INTEGER"
+                        crc = checksum(probe_id, body)
                         return Layout(
                             table,
                             len(info),
                             alias[0] if only_pk else None,
                             values.index(probe_id),
                             values.index(body),
+                            values.index(crc) if crc in values else None,
                         )
         finally:
             conn.close()
@@ -140,13 +152,15 @@ def _probe() -> Layout | None:
 @dataclass(frozen=True, slots=True)
 class Row:
     """A row read from the file: its rowid, the id column (None if it is not text), the body
-    column's bytes, the page it was on and its overflow pages."""
+    column's bytes, the page it was on, its overflow pages and its checksum (None: none
+    stored, or not an integer)."""
 
     seq: int
     id: str | None
     body: bytes
     page: int
     overflow: tuple[int, ...] = ()
+    crc: int | None = None
 
 
 @dataclass(slots=True)
@@ -702,7 +716,7 @@ class SpoolImage:
 
     def _row(self, seq: int, values: list[Any], page: int, chain: tuple[int, ...]) -> Row | None:
         shape = self.shape
-        if len(values) != shape.columns:
+        if not shape.fits(len(values)):
             return None
         if shape.alias is not None and values[shape.alias] is not None:
             return None
@@ -710,7 +724,9 @@ class SpoolImage:
         if not isinstance(raw_id, bytes) or not isinstance(body, bytes):
             return None  # integers and floats: another table's row
         event_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, _Text) else None
-        return Row(seq, event_id, bytes(body), page, chain)
+        at = shape.crc_col
+        crc = values[at] if at is not None and at < len(values) else None
+        return Row(seq, event_id, bytes(body), page, chain, crc if type(crc) is int else None)
 
     def _partial_shape(self, payload: bytes) -> bool:
         """Whether a record whose end is lost starts like an event row."""
@@ -722,7 +738,7 @@ class SpoolImage:
                 kinds.append(kind)
         except ValueError:
             return False
-        return len(kinds) == self.shape.columns
+        return self.shape.fits(len(kinds))
 
     def _partial_id(self, payload: bytes) -> str | None:
         """The id of a record whose end is lost, when the bytes before the cut hold it."""
@@ -732,7 +748,7 @@ class SpoolImage:
             while pos < size:
                 kind, pos = _varint(payload, pos, size)
                 kinds.append(kind)
-            if len(kinds) != self.shape.columns:
+            if not self.shape.fits(len(kinds)):
                 return None
             at = size + sum(_serial_size(k) for k in kinds[: self.shape.id_col])
             kind = kinds[self.shape.id_col]
@@ -850,7 +866,7 @@ def damaged(path: str | os.PathLike[str]) -> bool:
 def _encode(row: Row) -> EncodedEvent | tuple[Any, ValidationError]:
     """The row's event, validated again, or (what it holds, why it is invalid)."""
     event = EncodedEvent(row.id if row.id is not None else "", row.body)
-    error = revalidate(event, f"row {row.seq} (page {row.page})")
+    error = damage(event, row.crc, f"row {row.seq} (page {row.page})")
     if error is None:
         return event
     try:

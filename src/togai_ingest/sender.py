@@ -50,7 +50,7 @@ from .queues import EventQueue, Item, MemoryQueue
 from .results import BatchOutcome, FailedEvent, RejectedEvent
 from .retry import is_fatal
 from .spool import Durability, SpoolQueue
-from .validation import EncodedEvent, EventLike, damaged_view, encode_event, revalidate
+from .validation import EncodedEvent, EventLike, damage, damaged_view, encode_event
 
 __all__ = [
     "BackgroundSender",
@@ -533,10 +533,12 @@ class _Worker(threading.Thread):
             log.error("BackgroundSender: %s; the batch will be taken again later", exc)
 
     def _set_aside_damaged(self, items: list[Item]) -> list[Item]:
-        """Spooled rows that are no valid event any more (a damaged file: a flipped bit, a
-        page cut short) would fail their whole batch on every attempt: they leave the spool
-        as rejected (``dead_letter`` keeps them), reported and logged. The rest go on."""
-        damaged = [(i, e) for i in items if (e := revalidate(i.event, "spooled event"))]
+        """Spooled rows whose bytes are not those that were put (a damaged file: a flipped
+        bit, a page cut short; told by their checksum, or for older rows by validating them
+        again) would bill the wrong thing, or fail their whole batch on every attempt: they
+        leave the spool as rejected (``dead_letter`` keeps them), reported and logged. The
+        rest go on."""
+        damaged = [(i, e) for i in items if (e := damage(i.event, i.crc, "spooled event"))]
         if not damaged:
             return items
         reasons = [(item, f"damaged in the spool: {error}") for item, error in damaged]

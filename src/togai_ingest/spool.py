@@ -65,7 +65,7 @@ from typing import Any, Literal
 
 from .errors import ClosedError, QueueFullError, SpoolError, SpoolFullError
 from .queues import Item
-from .validation import EncodedEvent
+from .validation import EncodedEvent, checksum
 
 __all__ = ["Durability", "SpoolQueue"]
 
@@ -73,6 +73,7 @@ log = logging.getLogger("togai_ingest")
 
 Durability = Literal["process", "power"]
 _MAX_GROUP = 500  # rows per INSERT statement (SQLite allows 32,766 variables in one)
+_Row = tuple[str, bytes, int]  # an event's row: its id, its JSON, their checksum
 _STEP_ROWS = 25  # rows a step of an ack deletes (see the module's docstring)
 _SEQ = struct.Struct("<q")  # a lease's seqs (``leases.seqs``): little-endian int64s
 _CHECKPOINT_EVERY = 1.0  # seconds between two checkpoints (each fsyncs), if anything was written
@@ -86,7 +87,8 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL,
     owner TEXT,
     due REAL NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    crc INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_leased ON events (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS leases (
@@ -133,7 +135,7 @@ class _Group(_Waited):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[tuple[str, bytes]] = []
+        self.rows: list[_Row] = []
 
 
 class _Job(_Waited):
@@ -365,6 +367,9 @@ class SpoolQueue:
             if self.max_page_count is not None:
                 conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
             conn.executescript(_SCHEMA)
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+            if "crc" not in columns:  # a spool made before the checksum: its rows have none
+                conn.execute("ALTER TABLE events ADD COLUMN crc INTEGER")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 error = sqlite3.DatabaseError(f"malformed: {'; '.join(problems[:3])}")
@@ -401,7 +406,7 @@ class SpoolQueue:
 
     def put(self, event: EncodedEvent, timeout: float | None) -> None:
         size = len(event.json)
-        row = (event.id, event.json)
+        row = (event.id, event.json, checksum(event.id, event.json))
         with self._wlock:
             group = None if self._closed or self._full(size) else self._add(row, size)
         if group is None:
@@ -411,7 +416,7 @@ class SpoolQueue:
             self._uncount(1, size)
             raise type(group.error)(f"{group.error}; event {event.id!r} was not spooled")
 
-    def _add(self, row: tuple[str, bytes], size: int) -> _Group:
+    def _add(self, row: _Row, size: int) -> _Group:
         """Count the event in and add it to the open group. Call with ``_wlock`` held."""
         self._count += 1
         self._bytes += size
@@ -422,7 +427,7 @@ class SpoolQueue:
             self._kick.release()
         return group
 
-    def _add_when_room(self, row: tuple[str, bytes], size: int, timeout: float | None) -> _Group:
+    def _add_when_room(self, row: _Row, size: int, timeout: float | None) -> _Group:
         """The spool is full (or closed): wait for room up to ``timeout``, or raise
         ``QueueFullError`` (``ClosedError``). The counts are this process's; at the bound they
         are read again from the file (other processes add and remove events too), not on
@@ -605,10 +610,10 @@ class SpoolQueue:
                     self._committed.notify_all()
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[str, bytes]]) -> None:
-        values = ", ".join(["(?, ?)"] * len(rows))
+    def _insert(conn: sqlite3.Connection, rows: Sequence[_Row]) -> None:
+        values = ", ".join(["(?, ?, ?)"] * len(rows))
         conn.execute(
-            f"INSERT INTO events (id, body) VALUES {values}", [v for row in rows for v in row]
+            f"INSERT INTO events (id, body, crc) VALUES {values}", [v for row in rows for v in row]
         )
 
     def _start_maintenance(self) -> None:
@@ -769,7 +774,7 @@ class SpoolQueue:
         seqs), in one transaction. The events' rows are only read: a lease writes one narrow
         row, not a hundred wide ones. What is not SQL runs here, not on the writer."""
         candidates = (
-            f"SELECT seq, id, body, attempts FROM events WHERE {where} AND seq > ? "
+            f"SELECT seq, id, body, attempts, crc FROM events WHERE {where} AND seq > ? "
             "ORDER BY seq LIMIT ?"
         )
 
@@ -804,12 +809,13 @@ class SpoolQueue:
             return []
         self._leases[lease_id] = {row[0] for row in rows}
         leased = self._leased
-        for seq, _, body, _ in rows:
+        for seq, _, body, _, _ in rows:
             leased[seq] = (len(body), lease_id)
         if self._maintainer is None:
             self._start_maintenance()
         return [
-            Item(seq, EncodedEvent(i, bytes(body)), attempts) for seq, i, body, attempts in rows
+            Item(seq, EncodedEvent(i, bytes(body)), attempts, crc)
+            for seq, i, body, attempts, crc in rows
         ]
 
     def _forget(self, items: Sequence[Item]) -> tuple[int, list[int], set[int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import functools
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -224,6 +225,28 @@ def revalidate(event: EncodedEvent, where: str) -> ValidationError | None:
         why = f"the row's id {event.id!r} is not the event's id {found!r} (a damaged row)"
         return ValidationError(where, why)
     return None
+
+
+def checksum(event_id: str, body: bytes) -> int:
+    """The CRC-32 of an event's id and bytes, stored beside them in a spool: any change of up
+    to 32 bits in a row (a flipped bit, a torn page) makes it differ. zlib's, in C: about
+    0.2 us for an event, against 2 us to parse and validate one again."""
+    return zlib.crc32(body, zlib.crc32(event_id.encode("utf-8", "surrogatepass")))
+
+
+def damage(event: EncodedEvent, crc: int | None, where: str) -> ValidationError | None:
+    """Why the stored ``event`` must not be sent, or None. A row whose ``crc`` (its
+    ``checksum`` when it was stored) matches is intact; a row without one (stored by an
+    older version) is validated again. A mismatch is damage even when the bytes still make
+    a valid event with the same id (a digit flipped in a value would bill the wrong
+    amount); ``revalidate`` then names what it finds, if anything."""
+    if crc is not None and checksum(event.id, event.json) == crc:
+        return None
+    error = revalidate(event, where)
+    if error is None and crc is not None:
+        why = "its bytes are not those it was stored with (the checksum differs: a damaged row)"
+        return ValidationError(where, why)
+    return error
 
 
 def damaged_view(event: EncodedEvent) -> object:

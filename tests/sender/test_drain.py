@@ -143,6 +143,10 @@ def test_drain_reports_a_damaged_row_as_invalid_not_a_bad_request(tmp_path: Path
             f'UPDATE "{shape.table}" SET {body_col} = '
             f"CAST(replace({body_col}, '\"r-4\"', '\"r-X\"') AS BLOB) WHERE {id_col} = 'r-4'"
         )
+        conn.execute(  # still a valid event with its id: another value (its checksum tells)
+            f'UPDATE "{shape.table}" SET {body_col} = '
+            f"CAST(replace({body_col}, '\"12\"', '\"13\"') AS BLOB) WHERE {id_col} = 'r-5'"
+        )
     conn.close()
     with FaultServer(token=TOKEN) as srv:
         done = run_cli(
@@ -150,16 +154,17 @@ def test_drain_reports_a_damaged_row_as_invalid_not_a_bad_request(tmp_path: Path
         )
     assert done.returncode == 1, done.stderr
     assert not srv.violations
-    assert sorted(srv.ledger) == sorted(f"r-{i}" for i in range(20) if i not in (3, 4))
-    assert "summary: 18 accepted, 0 rejected, 0 failed, 2 invalid; 20 events" in done.stdout
+    assert sorted(srv.ledger) == sorted(f"r-{i}" for i in range(20) if i not in (3, 4, 5))
+    assert "summary: 17 accepted, 0 rejected, 0 failed, 3 invalid; 20 events" in done.stdout
     entries = [json.loads(line) for line in rejected.read_text().splitlines()]
-    assert sorted(e["kind"] for e in entries) == ["invalid", "invalid"]
+    assert sorted(e["kind"] for e in entries) == ["invalid"] * 3
     assert any("not JSON (a damaged row)" in e["reason"] for e in entries)
     assert any("is not the event's id 'r-X'" in e["reason"] for e in entries)
+    assert any("the checksum differs" in e["reason"] for e in entries)
     queue = SpoolQueue(spool)
     try:
         assert queue.ids() == []
-        assert sorted(i for i, _, _ in queue.dead_letters()) == ["r-3", "r-4"]
+        assert sorted(i for i, _, _ in queue.dead_letters()) == ["r-3", "r-4", "r-5"]
     finally:
         queue.shutdown()
 

@@ -304,6 +304,8 @@ def test_damaged_rows_are_set_aside_and_the_rest_of_their_batch_is_delivered(
     # Rows that SQLite reads back fine but that are no valid event any more (a flipped bit,
     # a page zero-filled, an id that does not match): sent, they would fail their whole
     # batch with a 400 on every attempt, and the good events beside them would never go.
+    # And one that is still a valid event with its id, but another value: its checksum tells
+    # (sent, it would bill 13 ms where 12 were spooled).
     spool = tmp_path / "events.spool"
     first = BackgroundSender(_client(DOWN), spool_path=spool, flush_interval=0.01)
     ids = [f"row-{i}" for i in range(30)]
@@ -314,7 +316,9 @@ def test_damaged_rows_are_set_aside_and_the_rest_of_their_batch_is_delivered(
         "row-3": b"\x00" * 40,  # a page cut short and zero-filled
         "row-7": orjson.dumps(wire_event(id="row-7")).replace(b'"eventName"', b'"eventNbme"'),
         "row-9": orjson.dumps(wire_event(id="someone-else")),
+        "row-11": orjson.dumps(wire_event(id="row-11")).replace(b'"12"', b'"13"'),
     }
+    assert b'"13"' in damage["row-11"]
     with sqlite3.connect(spool) as conn:
         for event_id, body in damage.items():
             conn.execute("UPDATE events SET body = ? WHERE id = ?", (body, event_id))
