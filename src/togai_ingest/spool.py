@@ -3,8 +3,9 @@
 Storage: the standard library's ``sqlite3`` in WAL mode: a table ``events`` (rowid ``seq``,
 ``id``, the event's JSON ``body``, ``due``: when a batch that failed may be tried again,
 ``attempts``, and ``crc``: the checksum of id and body, ``validation.checksum``, by which the
-worker, ``drain`` and salvage tell a damaged row; NULL in rows of an older version), a table ``leases`` (a batch being sent: its ``owner`` process, ``due``: when the
-lease expires, and its rows' ``seqs``) and ``dead_letter``. Nothing to install, one file (plus
+worker, ``drain`` and salvage tell a damaged row; NULL in rows of an older version), a table
+``leases`` (a batch being sent: its ``owner`` process, ``due``: when the lease expires, and its
+rows' ``seqs``) and ``dead_letter``. Nothing to install, one file (plus
 ``-wal``/``-shm`` and a ``.lock`` file that serialises opening), safe for several processes
 (SQLite's locks; leases below). Figures: ``bench/enqueue.py``.
 
