@@ -27,7 +27,7 @@ from tests.sender.producers import Producers
 from tests.unit.conftest import wire_event
 from togai_ingest import BackgroundSender, Client, RetryPolicy
 from togai_ingest import spool as spool_module
-from togai_ingest.errors import ClosedError, QueueFullError, SpoolError
+from togai_ingest.errors import ClosedError, QueueFullError, SpoolError, SpoolFullError
 from togai_ingest.queues import Item, MemoryQueue
 from togai_ingest.spool import SpoolQueue
 from togai_ingest.validation import EncodedEvent, encode_event
@@ -514,3 +514,49 @@ def test_more_puts_than_a_group_holds_all_commit(
     ids = _committed_ids(path)
     assert sorted(ids) == sorted(["first", *producers.returned])
     assert len(producers.returned) == producers.total
+
+
+def test_a_group_of_several_statements_is_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group of more rows than one statement holds is committed in one transaction: when
+    the disk fills part-way (room is made for about a dozen rows of its 40), the statements
+    before are taken back, so that no event whose put raised is in the spool (sent later, it
+    would be delivered after it was reported not spooled)."""
+    monkeypatch.setattr(spool_module, "_MAX_GROUP", 2)
+    path = tmp_path / "s"
+    queue = SpoolQueue(path, max_page_count=40, max_bytes=None)
+
+    def wide(event_id: str) -> EncodedEvent:
+        return EncodedEvent(event_id, b'{"id":"%s","pad":"%s"}' % (event_id.encode(), b"x" * 420))
+
+    filled = 0
+    with pytest.raises(SpoolFullError):
+        while True:
+            queue.put(wide(f"fill-{filled}"), None)
+            filled += 1
+    queue._on_writer(lambda conn: conn.execute("DELETE FROM events WHERE seq <= 12"))
+    producers = Producers(lambda i: queue.put(wide(i), None), "g", (SpoolError,), 40, each=1)
+    running, go = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        running.set()
+        go.wait(10)
+
+    busy = threading.Thread(target=queue._on_writer, args=(hold,))
+    busy.start()  # the writer runs this job: all 40 puts join one group of 20 statements
+    assert running.wait(10)
+    producers.start()
+    deadline = time.monotonic() + 10
+    while len(queue._group.rows) < 40:
+        assert time.monotonic() < deadline, "the puts did not join one group"
+        time.sleep(0.001)
+    go.set()
+    busy.join(10)
+    producers.join(30)
+    queue.shutdown()
+    committed = set(_committed_ids(path))
+    assert len(producers.refused) == 40, "the group's commit did not fail: no test"
+    assert all("full" in producers.why[i] for i in producers.refused)
+    assert not committed & set(producers.refused), "a refused event was committed"
+    assert len(committed) == filled - 12
