@@ -153,7 +153,7 @@ def _probe() -> Layout | None:
 class Row:
     """A row read from the file: its rowid, the id column (None if it is not text), the body
     column's bytes, the page it was on, its overflow pages and its checksum (None: none
-    stored, or not an integer)."""
+    stored; -1: a value that is no checksum)."""
 
     seq: int
     id: str | None
@@ -726,7 +726,9 @@ class SpoolImage:
         event_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, _Text) else None
         at = shape.crc_col
         crc = values[at] if at is not None and at < len(values) else None
-        return Row(seq, event_id, bytes(body), page, chain, crc if type(crc) is int else None)
+        if crc is not None and type(crc) is not int:
+            crc = -1  # no CRC-32 (they are 0 to 2**32 - 1): the checksum itself is damaged
+        return Row(seq, event_id, bytes(body), page, chain, crc)
 
     def _partial_shape(self, payload: bytes) -> bool:
         """Whether a record whose end is lost starts like an event row."""

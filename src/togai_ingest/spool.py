@@ -10,8 +10,8 @@ rows' ``seqs``) and ``dead_letter``. Nothing to install, one file (plus
 (SQLite's locks; leases below). Figures: ``bench/enqueue.py``.
 
 - ``put`` returns once the event is committed. Commits are grouped by one writer thread: a
-  ``put`` adds its row to the open group (a few bytecodes under one lock, no per-event work)
-  and waits on that group's own gate; the writer takes the whole group, commits it in one
+  ``put`` computes its row's checksum, adds the row to the open group (a few bytecodes under
+  one lock) and waits on that group's own gate; the writer takes the whole group, commits it in one
   transaction (one statement per ``_MAX_GROUP`` rows; in ``"power"`` mode, one fsync), and
   opens the gate.
   Events put while a commit runs form the next group. The worker's write transactions (the

@@ -134,3 +134,25 @@ def test_older_rows_and_checksummed_rows_are_delivered_and_salvaged(tmp_path: Pa
     assert [i.error.problem for i in result.invalid] == [
         "its bytes are not those it was stored with (the checksum differs: a damaged row)"
     ]
+
+
+def test_a_checksum_that_is_no_number_is_damage(tmp_path: Path) -> None:
+    """The checksum column itself damaged into text: the sender's worker and the salvage
+    both set the row aside (it is not trusted, nor taken for a row without a checksum)."""
+    path = tmp_path / "s.spool"
+    queue = SpoolQueue(path)
+    for i in range(3):
+        queue.put(encode_event(wire_event(id=f"c-{i}")), None)
+    queue.shutdown()
+    _sql(path, "UPDATE events SET crc = 'x' WHERE id = 'c-1'")
+    with SpoolImage(path, layout()) as image:
+        crcs = {row.id: row.crc for row in image.rows()}
+    assert crcs["c-1"] == -1 and all(
+        c is not None and c >= 0 for i, c in crcs.items() if i != "c-1"
+    )
+    queue = SpoolQueue(path)
+    items = queue.take(10, 0)
+    queue.release(items, 0)
+    queue.shutdown()
+    flagged = [i.event.id for i in items if damage(i.event, i.crc, "spooled event") is not None]
+    assert flagged == ["c-1"]
