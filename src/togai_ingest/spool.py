@@ -10,24 +10,24 @@ rows' ``seqs``) and ``dead_letter``. Nothing to install, one file (plus
 (SQLite's locks; leases below). Figures: ``bench/enqueue.py``.
 
 - ``put`` returns once the event is committed. Commits are grouped by one writer thread: a
-  ``put`` computes its row's checksum, adds the row to the open group (a few bytecodes under
-  one lock) and waits on that group's own gate; the writer takes the whole group, commits it in one
-  transaction (one statement per ``_MAX_GROUP`` rows; in ``"power"`` mode, one fsync), and
-  opens the gate.
-  Events put while a commit runs form the next group. The worker's write transactions (the
-  lease of ``take``, ``ack``, ``release``) are run by the writer too, between two commits, on
-  the same connection: one process never waits for itself in SQLite's busy handler (which
-  sleeps milliseconds), and the writer never waits for a worker thread that holds the
-  connection while it waits for the GIL or a CPU. Each is kept short, because every put
-  waiting for a commit waits behind it: a lease writes one narrow row in ``leases`` (it used
-  to rewrite a hundred wide rows of ``events``, 0.3-0.5 ms, which set the spooled enqueue's
-  p99), and an ``ack`` deletes its rows in steps of ``_STEP_ROWS``, one transaction each, with
-  a group commit between two steps. A process killed between two steps has acknowledged part
-  of a batch: the rest is sent again, with the same ids. The writer (``togai-spool-writer``,
-  a daemon) starts at the first put or transaction, stops in ``shutdown`` once what is
-  pending is committed, and is made anew in a forked child. Checkpoints (which fsync) run in a
-  maintenance thread on its own connection, never on the enqueue path; the same thread renews
-  leases.
+  ``put`` computes its row's checksum, adds the row to the open group (a few bytecodes under one
+  lock) and waits on that group's own gate; the writer takes the whole group, commits it in one
+  transaction (one statement per ``_MAX_GROUP`` rows; in ``"power"`` mode, one fsync), and opens
+  the gate. Events put while a commit runs form the next group. The worker's write transactions
+  (the lease of ``take``, ``ack``, ``release``) are run by the writer too, between two commits,
+  on the same connection: one process never waits for itself in SQLite's busy handler (which
+  sleeps milliseconds), and the writer never waits for a worker thread that holds the connection
+  while it waits for the GIL or a CPU. Each is kept short, because every put waiting for a
+  commit waits behind it: a lease writes one narrow row in ``leases`` (it used to rewrite a
+  hundred wide rows of ``events``, 0.3-0.5 ms, which set the spooled enqueue's p99) and reads
+  its rows by seq: the search for due rows, which scans past every row that backs off (13 ms for
+  50,000 after a long outage), runs in the taking thread on a read connection of its own; an
+  ``ack`` deletes its rows in steps of ``_STEP_ROWS``, one transaction each, with a group commit
+  between two steps. A process killed between two steps has acknowledged part of a batch: the
+  rest is sent again, with the same ids. The writer (``togai-spool-writer``, a daemon) starts at
+  the first put or transaction, stops in ``shutdown`` once what is pending is committed, and is
+  made anew in a forked child. Checkpoints (which fsync) run in a maintenance thread on its own
+  connection, never on the enqueue path; the same thread renews leases.
 - Durability ``"process"`` (``synchronous=NORMAL``): a committed event survives the death of
   the process (kill -9, OOM, a crash); a power loss or kernel crash may lose the last commits.
   ``"power"`` (``synchronous=FULL``): the WAL is fsynced at every commit, a committed event
@@ -274,6 +274,8 @@ class SpoolQueue:
         connections must not cross a fork)."""
         self._io = threading.RLock()  # every use of the connection
         self._conn: sqlite3.Connection | None = None
+        self._rlock = threading.Lock()  # every use of the worker side's read connection
+        self._rconn: sqlite3.Connection | None = None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         # The put side: one lock for the open group, the counts and the writer's state.
         self._wlock = threading.Lock()
@@ -698,22 +700,45 @@ class SpoolQueue:
                 conn.execute("DELETE FROM leases WHERE owner = ?", (owner,))
                 conn.execute("UPDATE events SET owner = NULL, due = 0 WHERE owner = ?", (owner,))
 
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """The worker side's read connection, under ``_rlock``: the searches for due rows
+        (and their counts) run here, in the thread that takes, not on the writer. They scan
+        past the rows that back off (no index on ``due``: it would cost every put a page
+        write), tens of milliseconds after a long outage, and no put must wait for that."""
+        if self._conn is None:  # the writer's connection first: it finds damage, makes the file
+            with self._io:
+                self._connection()
+        with self._rlock:
+            if self._rconn is None:
+                self._rconn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                self._rconn.execute("PRAGMA query_only=1")
+            yield self._rconn
+
+    def _held_seqs(self, conn: sqlite3.Connection, now: float) -> set[int]:
+        """The rows that live leases (of any process) hold."""
+        rows = conn.execute("SELECT seqs FROM leases WHERE due > ?", (now,))
+        return {seq for (seqs,) in rows for seq in _unpack(seqs)}
+
+    def _reap_soon(self) -> None:
+        if time.monotonic() - self._last_reap >= 1.0:
+            self._on_writer(self._reap)
+
     def _due(self, limit: int) -> int:
-        def count(conn: sqlite3.Connection) -> int:
-            self._reap(conn)
+        self._reap_soon()
+        with self._reader() as conn:
             now = time.time()
-            (held,) = conn.execute(
-                "SELECT coalesce(sum(length(seqs)), 0) FROM leases WHERE due > ?", (now,)
-            ).fetchone()
-            held = int(held) // _SEQ.size  # leased rows are due: count past them (roughly)
+            held = len(self._held_seqs(conn, now))  # leased rows are due: count past them
             row = conn.execute(
                 "SELECT count(*) FROM (SELECT 1 FROM events WHERE due <= ? LIMIT ?)",
                 (now, limit + held),
             ).fetchone()
-            return max(0, int(row[0]) - held)
-
-        result: int = self._on_writer(count)
-        return result
+        return max(0, int(row[0]) - held)
 
     def take(self, max_items: int, wait: float) -> list[Item]:
         deadline = time.monotonic() + wait
@@ -774,15 +799,22 @@ class SpoolQueue:
         """Lease up to ``max_items`` rows with ``seq > after`` that meet ``where`` and no live
         lease holds, in seq order: one row in ``leases`` (this process, a due time, the rows'
         seqs), in one transaction. The events' rows are only read: a lease writes one narrow
-        row, not a hundred wide ones. What is not SQL runs here, not on the writer."""
-        candidates = (
-            f"SELECT seq, id, body, attempts, crc FROM events WHERE {where} AND seq > ? "
-            "ORDER BY seq LIMIT ?"
+        row, not a hundred wide ones. The search for the rows runs on the read connection
+        (``_candidates``); the writer's transaction only looks them up by seq and checks them
+        again (another process may have leased, acknowledged or released some meanwhile: those
+        are left out, and the batch is smaller). What is not SQL runs here."""
+        if reap:
+            self._reap_soon()
+        candidates = self._candidates(where, params, after, max_items)
+        if not candidates:
+            return []
+        marks = ", ".join("?" * len(candidates))
+        chosen = (
+            f"SELECT seq, id, body, attempts, crc FROM events WHERE seq IN ({marks}) AND {where} "
+            "ORDER BY seq"
         )
 
         def lease(conn: sqlite3.Connection) -> tuple[int | None, list[Any]]:
-            if reap:
-                self._reap(conn)
             now = time.time()
             with _write_transaction(conn):
                 held: set[int] = set()
@@ -795,9 +827,8 @@ class SpoolQueue:
                 if expired:
                     marks = ", ".join("?" * len(expired))
                     conn.execute(f"DELETE FROM leases WHERE id IN ({marks})", expired)
-                rows = conn.execute(candidates, (*params, after, max_items + len(held))).fetchall()
-                if held:
-                    rows = [row for row in rows if row[0] not in held][:max_items]
+                rows = conn.execute(chosen, (*candidates, *params)).fetchall()
+                rows = [row for row in rows if row[0] not in held]
                 made = None
                 if rows:
                     made = conn.execute(
@@ -819,6 +850,19 @@ class SpoolQueue:
             Item(seq, EncodedEvent(i, bytes(body)), attempts, crc)
             for seq, i, body, attempts, crc in rows
         ]
+
+    def _candidates(
+        self, where: str, params: tuple[float | int, ...], after: int, max_items: int
+    ) -> list[int]:
+        """Up to ``max_items`` seqs after ``after`` that meet ``where`` and that no live lease
+        holds, in seq order, read on the read connection."""
+        with self._reader() as conn:
+            held = self._held_seqs(conn, time.time())
+            found = conn.execute(
+                f"SELECT seq FROM events WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",
+                (*params, after, max_items + len(held)),
+            ).fetchall()
+        return [seq for (seq,) in found if seq not in held][:max_items]
 
     def _forget(self, items: Sequence[Item]) -> tuple[int, list[int], set[int]]:
         """Forget the leases of ``items`` (acknowledged or released; each is settled by the
@@ -998,6 +1042,10 @@ class SpoolQueue:
         maintainer = self._maintainer
         if maintainer is not None and maintainer is not threading.current_thread():
             maintainer.join(self.busy_timeout + 5.0)
+        with self._rlock:
+            if self._rconn is not None:
+                self._rconn.close()
+                self._rconn = None
         with self._io:
             if self._conn is None:
                 return
@@ -1021,12 +1069,14 @@ def _before_fork() -> None:
     for spool in list(_live_spools):
         spool._io.acquire()
         spool._ckpt_lock.acquire()
+        spool._rlock.acquire()
         _held.append(spool)
 
 
 def _after_fork_in_parent() -> None:
     while _held:
         spool = _held.pop()
+        spool._rlock.release()
         spool._ckpt_lock.release()
         spool._io.release()
 
