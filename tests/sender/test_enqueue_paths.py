@@ -271,20 +271,25 @@ def test_a_full_disk_fails_every_put_of_the_group_with_its_own_id(tmp_path: Path
     assert not set(failures) & set(_committed_ids(tmp_path / "s"))
 
 
-def test_after_fork_the_child_gets_its_own_writer(tmp_path: Path) -> None:
+def test_after_fork_the_child_gets_its_own_writer_and_reader(tmp_path: Path) -> None:
     code = """
     import os, sys, sqlite3
     from togai_ingest.spool import SpoolQueue
     from togai_ingest.validation import EncodedEvent
     queue = SpoolQueue(sys.argv[1])
     queue.put(EncodedEvent("parent-1", b'{}'), None)
-    parent_writer = queue._writer
+    queue.release(queue.take(10, 0), 0)  # the read connection exists at the fork
+    parent_writer, parent_reader = queue._writer, queue._rconn
     pid = os.fork()
     if pid == 0:
-        ok = queue._writer is None
+        ok = queue._writer is None and queue._rconn is None
         queue.put(EncodedEvent("child-1", b'{}'), None)
         ok = ok and queue._writer is not None and queue._writer is not parent_writer
         ok = ok and queue._writer.daemon and queue._writer.is_alive()
+        taken = queue.take(10, 0)  # on a read connection of its own
+        ok = ok and queue._rconn is not None and queue._rconn is not parent_reader
+        ok = ok and {"child-1", "parent-1"} <= {i.event.id for i in taken}  # parent-2 may be
+        queue.release(taken, 0)
         queue.shutdown()
         os._exit(0 if ok else 3)
     queue.put(EncodedEvent("parent-2", b'{}'), None)
