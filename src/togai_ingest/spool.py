@@ -689,9 +689,6 @@ class SpoolQueue:
     def _reap(self, conn: sqlite3.Connection) -> None:
         """Free at once the leases of dead processes of this host (and the row leases of a
         spool written by a version before the ``leases`` table, in ``events.owner``)."""
-        if time.monotonic() - self._last_reap < 1.0:
-            return
-        self._last_reap = time.monotonic()
         owners = conn.execute(
             "SELECT owner FROM leases UNION SELECT owner FROM events WHERE owner IS NOT NULL"
         ).fetchall()
@@ -726,7 +723,9 @@ class SpoolQueue:
         return {seq for (seqs,) in rows for seq in _unpack(seqs)}
 
     def _reap_soon(self) -> None:
+        """``_reap`` on the writer, at most once a second (it reads every owner)."""
         if time.monotonic() - self._last_reap >= 1.0:
+            self._last_reap = time.monotonic()
             self._on_writer(self._reap)
 
     def _due(self, limit: int) -> int:
@@ -777,10 +776,12 @@ class SpoolQueue:
     def take_range(self, after: int, upto: int, max_items: int) -> list[Item]:
         """For ``drain``: lease up to ``max_items`` events with ``after < seq <= upto`` that
         no live process holds, due or backing off."""
-        with self._io:
-            self._reap(self._connection())
         return self._lease(
-            "seq <= ? AND (owner IS NULL OR due <= ?)", (upto, time.time()), after, max_items
+            "seq <= ? AND (owner IS NULL OR due <= ?)",
+            (upto, time.time()),
+            after,
+            max_items,
+            reap=True,
         )
 
     def last_seq(self) -> int:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.sender.machines import run_machine
 from togai_ingest.queues import Item
 from togai_ingest.spool import SpoolQueue
 from togai_ingest.validation import EncodedEvent
@@ -321,13 +321,4 @@ class SharedSpool(RuleBasedStateMachine):
 
 
 def test_two_processes_sharing_a_spool_state_machine() -> None:
-    run = SharedSpool.TestCase
-    run.settings = settings(
-        max_examples=40,
-        stateful_step_count=30,
-        deadline=None,
-        derandomize=True,  # the same examples every run: no flakes in make test
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    run("runTest").runTest()
+    run_machine(SharedSpool, examples=40, steps=30)

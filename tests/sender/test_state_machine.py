@@ -14,7 +14,6 @@ from typing import Any
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.conftest import SECRET
@@ -32,6 +31,7 @@ from tests.faultserver import (
     Throttle,
     Unavailable,
 )
+from tests.sender.machines import run_machine
 from tests.unit.conftest import wire_event
 from togai_ingest import BackgroundSender, Client, DeliveryReport, RetryPolicy
 from togai_ingest.errors import ClosedError
@@ -171,13 +171,4 @@ class SenderMachine(RuleBasedStateMachine):
 
 def test_background_sender_state_machine(server: FaultServer) -> None:
     SenderMachine.server = server
-    run = SenderMachine.TestCase
-    run.settings = settings(
-        max_examples=30,
-        stateful_step_count=25,
-        deadline=None,
-        derandomize=True,  # the same examples every run: no flakes in make test
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    run("runTest").runTest()
+    run_machine(SenderMachine, examples=30, steps=25)
