@@ -88,6 +88,16 @@ def _noted(notes: Path) -> list[str]:
     return [line for line in lines[:-1] if line]  # a last line cut by the kill is not noted
 
 
+def _wait_for_notes(notes: Path, count: int, child: Any) -> None:
+    """Until ``count`` ids are noted (polled every millisecond), or the child is gone;
+    bounded."""
+    deadline = time.monotonic() + 30
+    while child.poll() is None and time.monotonic() < deadline:
+        if notes.exists() and notes.stat().st_size >= count * 4 and len(_noted(notes)) >= count:
+            return
+        time.sleep(0.001)
+
+
 def _drain(url: str, spool: Path) -> None:
     retry = RetryPolicy(max_retries=8, initial_delay=0.01, max_delay=0.05)
     with Client(
@@ -131,12 +141,15 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         script = mixed_script(trial, 2000, fault_rate=0.2, retry_after=0, slow=0.05)
         with FaultServer(token=SECRET, script=script, latency=0.002) as srv:
             child = _start_child(srv.url, spool, f"k{trial}", notes)
-            time.sleep(rng.uniform(0.05, 1.2))
+            if trial % 2:  # a moment while batches are in flight (20,000 events are spooled
+                time.sleep(rng.uniform(0.05, 1.2))  # in about 0.4 s, and sent in 6 s)
+            else:  # while it writes to the spool: once a drawn number of enqueues returned
+                _wait_for_notes(notes, rng.randrange(100, EVENTS * 7 // 10), child)
             in_flight = any(r.started > time.monotonic() - 0.05 for r in srv.requests[-3:])
             child.send_signal(signal.SIGKILL)
             child.wait(10)
             noted = _noted(notes)
-            assert child.returncode == -signal.SIGKILL
+            assert child.returncode == -signal.SIGKILL, child.stderr.read()[-3000:]
             _drain(srv.url, spool)
             resent = _check_delivery(srv, noted, f"k{trial}")
         summary.append((len(noted), len(resent), in_flight))
