@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.sender.producers import Producers
+from tests.sender.test_enqueue_paths import _committed_ids as _db_ids
 from togai_ingest import journal as journal_module
 from togai_ingest.errors import SpoolFullError
 from togai_ingest.journal import frame, journal_paths, read_frames
@@ -37,14 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _event(event_id: str, pad: int = 0) -> EncodedEvent:
     return EncodedEvent(event_id, b'{"id":"%s","pad":"%s"}' % (event_id.encode(), b"x" * pad))
-
-
-def _db_ids(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return [row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq")]
-    finally:
-        conn.close()
 
 
 def _journaled_ids(path: Path) -> list[str]:
