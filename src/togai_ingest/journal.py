@@ -128,7 +128,10 @@ class Journal:
         return True
 
     def close(self) -> None:
-        """Unmap and unlock; the file stays (what it holds is imported by the next process)."""
+        """Unmap and unlock; the file stays (what it holds is imported by the next process).
+        Also in a forked child, for the parent's journals: the child's copy of the descriptor
+        would hold the lock, and keep the journal from being imported once the parent is
+        gone."""
         if self._fd is not None:
             self.map.close()
             os.close(self._fd)
@@ -141,11 +144,6 @@ class Journal:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             self.close()
-
-    def forget(self) -> None:
-        """In a forked child: let go of the parent's journal (its mapping and its copy of the
-        descriptor, whose lock would keep it from being imported once the parent is gone)."""
-        self.close()
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r}, end={self.end})"

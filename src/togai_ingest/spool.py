@@ -339,7 +339,7 @@ class SpoolQueue:
         parent's to import."""
         if getattr(self, "_pid", os.getpid()) != os.getpid():
             for journal in self._journals():
-                journal.forget()
+                journal.close()
         self._pid = os.getpid()
         self._io = threading.RLock()  # every use of the connection
         self._conn: sqlite3.Connection | None = None
