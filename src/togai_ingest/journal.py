@@ -39,8 +39,10 @@ __all__ = [
     "SIZE",
     "Journal",
     "frame",
+    "journal_path",
     "journal_paths",
     "open_orphan",
+    "pid_alive",
     "read_frames",
     "remove_unfinished",
 ]
@@ -57,6 +59,12 @@ _Frame = tuple[int, str, bytes, int]  # where it ends in the file, id, body, che
 def frame(event_id: str, body: bytes, crc: int) -> bytes:
     ident = event_id.encode("utf-8", "surrogatepass")
     return FRAME.pack(_MAGIC, len(ident), len(body), crc) + ident + body
+
+
+def journal_path(spool: Path, token: str, number: int) -> Path:
+    """The ``number``-th journal of this process (``token``: its own, random) for ``spool``.
+    The process id in the name tells ``remove_unfinished`` whose it is."""
+    return spool.with_name(f"{spool.name}.journal-{os.getpid()}-{token}-{number:06d}")
 
 
 def journal_paths(spool: Path) -> list[Path]:
@@ -78,11 +86,12 @@ def remove_unfinished(spool: Path) -> None:
         for name in os.listdir(spool.parent):
             pid = name[len(prefix) :].partition("-")[0]
             unfinished = name.startswith(prefix) and name.endswith(".new") and pid.isdigit()
-            if unfinished and not _alive(int(pid)):
+            if unfinished and not pid_alive(int(pid)):
                 os.unlink(spool.parent / name)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this host exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

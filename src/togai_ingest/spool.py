@@ -84,7 +84,16 @@ from typing import Any, Literal
 
 from . import journal as _journal
 from .errors import ClosedError, QueueFullError, SpoolError, SpoolFullError
-from .journal import Journal, frame, journal_paths, open_orphan, read_frames, remove_unfinished
+from .journal import (
+    Journal,
+    frame,
+    journal_path,
+    journal_paths,
+    open_orphan,
+    pid_alive,
+    read_frames,
+    remove_unfinished,
+)
 from .queues import Item
 from .validation import EncodedEvent, checksum
 
@@ -164,12 +173,12 @@ class _Group(_Waited):
 
     __slots__ = ("journal", "journals", "offsets", "rows")
 
-    def __init__(self, journal: Journal | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.rows: list[_Row] = []
         self.offsets: list[int] = []
-        self.journal = journal
-        self.journals: list[tuple[int, Journal]] = [] if journal is None else [(0, journal)]
+        self.journal: Journal | None = None
+        self.journals: list[tuple[int, Journal]] = []
 
     def note(self, journal: Journal) -> None:
         """The next row is in ``journal``."""
@@ -278,13 +287,7 @@ def _owner_alive(owner: str) -> bool:
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine: trust the lease
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    return pid_alive(int(pid))
 
 
 class SpoolQueue:
@@ -596,10 +599,10 @@ class SpoolQueue:
         return journal
 
     def _make_journal(self, least: int, event_id: str | None = None) -> Journal:
-        number = next(self._numbers)
-        name = f"{self.path.name}.journal-{os.getpid()}-{self._token}-{number:06d}"
+        path = journal_path(self.path, self._token, next(self._numbers))
+        name = path.name
         try:
-            return Journal(self.path.with_name(name), max(_journal.SIZE, least))
+            return Journal(path, max(_journal.SIZE, least))
         except OSError as exc:
             what = "" if event_id is None else f"; event {event_id!r} was not spooled"
             kind = SpoolFullError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else SpoolError
@@ -712,19 +715,21 @@ class SpoolQueue:
                         self._retry_at = 0.0  # an ack may have made room
         except BaseException as exc:
             with self._wlock:  # a bug: fail what waits; the next put starts a new writer
-                if current is not None and current.journals:  # in the journal: import later
-                    current.absorb(self._group)
-                    self._group, current = current, None
-                self._committing = None
-                pending, self._group = self._group, _Group()
-                if pending.journals:
-                    self._group, pending = pending, _Group()
+                released: list[_Group] = []
+                pending: _Group | None = None
+                if self._journaled:  # in the journal: imported later, by the next writer
+                    released, current = self._requeue(current), None
+                else:
+                    self._committing = None
+                    pending, self._group = self._group, _Group()
                 waiting, self._jobs = self._jobs, []
                 if self._writer is threading.current_thread():
                     self._writer = None
             if isinstance(exc, Exception):
                 log.exception("the spool writer of %s stopped", self.path)
             error = SpoolError(f"the spool writer of {self.path} stopped: {exc!r}")
+            for waited in released:
+                waited.finish()
             for failed in (current, pending):
                 if failed is not None:
                     failed.finish(error)
@@ -802,17 +807,10 @@ class SpoolQueue:
                                 self._insert(conn, rows[start : start + _MAX_GROUP])
                     imported = len(rows)
                 else:
-
-                    def upto(start: int, stop: int) -> list[tuple[str, int]]:
-                        return [(j.name, end) for j, end in group.ends(start, stop).items()]
-
-                    def step(start: int, stop: int) -> None:
-                        nonlocal imported
-                        self._imported.update(group.ends(start, stop))
-                        imported = stop
-
                     try:
-                        self._import(conn, rows, upto, step)
+                        for start, stop in self._import(conn, rows, group.ends):
+                            self._imported.update(group.ends(start, stop))
+                            imported = stop
                         self._committing = None  # in the spool (under ``_io``, which
                     finally:  # ``_refresh_counts`` holds to read the counts)
                         if imported < len(rows):
@@ -858,16 +856,13 @@ class SpoolQueue:
                     if spare is not None:
                         spare.remove()
             return True
+        error = group.error
         with self._wlock:
-            error, later = group.error, self._group
-            merged = _Group()  # the rows of both, before what is put from now on
-            merged.absorb(group)
-            merged.absorb(later)
-            self._group, self._committing = merged, None
+            released = self._requeue(group)
             first = self._failure is None
             self._failure = error if isinstance(error, SpoolError) else SpoolError(str(error))
             stopping = self._stopping
-        for waited in (group, later):  # their puts are in the journal: no waiting for a retry
+        for waited in released:
             waited.finish()
         if first:
             log.error(
@@ -881,11 +876,23 @@ class SpoolQueue:
                 "the spool %s is closed with %d events in its journal: the next process that "
                 "opens it imports them",
                 self.path,
-                len(merged.rows),
+                len(self._group.rows),
             )
             return False
         self._retry_at = time.monotonic() + _RETRY_IMPORT
         return True
+
+    def _requeue(self, group: _Group | None) -> list[_Group]:
+        """Put the rows of ``group`` (from the journal, not imported) back before those of the
+        open group, in a new open group; returns both, to be finished: the puts waiting on
+        them (for the writer to catch up) need not wait for a retry, their events are in the
+        journal. Call with ``_wlock`` held."""
+        merged, later = _Group(), self._group
+        for part in (group, later):
+            if part is not None:
+                merged.absorb(part)
+        self._group, self._committing = merged, None
+        return [g for g in (group, later) if g is not None]
 
     def _retire(self, journal: Journal) -> None:
         """Delete a journal that is imported, then its row (a row whose file is gone is never
@@ -896,7 +903,7 @@ class SpoolQueue:
 
     def _import_orphans(self, conn: sqlite3.Connection) -> int:
         """Import the journals of processes that are gone (their lock is free): what is left
-        after how far each was imported, one transaction per chunk read, each with how far it
+        after how far each was imported, in ``_import``'s transactions, each with how far it
         got; then delete the journal. A process killed in between leaves a journal whose rest
         is imported by the next one, never a row twice. Returns how many events it imported;
         a failure (a full disk) is logged, and the journal stays for the next try."""
@@ -914,16 +921,16 @@ class SpoolQueue:
                         "SELECT upto FROM journals WHERE name = ?", (path.name,)
                     ).fetchone()
                     for frames in read_frames(fd, int(row[0]) if row else 0, path):
-
-                        def upto(start: int, stop: int) -> list[tuple[str, int]]:
-                            return [(path.name, frames[stop - 1][0])]  # noqa: B023 (used now)
-
-                        def step(start: int, stop: int) -> None:
-                            nonlocal total
-                            total += stop - start
-
                         rows = [(i, b, c) for _, i, b, c in frames]
-                        self._import(conn, rows, upto, step)
+                        ends = [end for end, _, _, _ in frames]
+
+                        def upto(
+                            _: int, stop: int, at: Path = path, ends: list[int] = ends
+                        ) -> dict[Any, int]:
+                            return {at: ends[stop - 1]}
+
+                        for start, stop in self._import(conn, rows, upto):
+                            total += stop - start
                     os.unlink(path)
                 conn.execute("DELETE FROM journals WHERE name = ?", (path.name,))
             except (sqlite3.Error, OSError) as exc:
@@ -937,17 +944,17 @@ class SpoolQueue:
         self,
         conn: sqlite3.Connection,
         rows: Sequence[_Row],
-        upto: Callable[[int, int], list[tuple[str, int]]],
-        step: Callable[[int, int], None],
-    ) -> None:
+        ends: Callable[[int, int], dict[Any, int]],
+    ) -> Iterator[tuple[int, int]]:
         """Insert ``rows`` from journals in transactions of up to ``_MAX_GROUP`` rows, each with
-        how far ``rows[start:stop]`` get in their journals (``upto``); ``step(start, stop)``
-        after each. A full spool takes fewer at a time, down to ``_MIN_IMPORT``: a spool with
-        room for a few rows takes them (a bigger transaction would fail again and again), but
-        the last of its room is left to the worker, whose lease and acknowledgement need a
-        page now and then (with none left, nothing is ever sent and acknowledged to make room:
-        found by ``test_journal.py``). Under ``max_page_count`` the import also stops
-        ``_RESERVED_PAGES`` short of it. Raises the error of the smallest transaction."""
+        where ``rows[start:stop]`` end in their journals (``ends``: by journal, or its path);
+        yields ``(start, stop)`` after each commit. A full spool takes fewer at a time, down
+        to ``_MIN_IMPORT``: a spool with room for a few rows takes them (a bigger transaction
+        would fail again and again), but the last of its room is left to the worker, whose
+        lease and acknowledgement need a page now and then (with none left, nothing is ever
+        sent and acknowledged to make room: found by ``test_journal.py``). Under
+        ``max_page_count`` the import also stops ``_RESERVED_PAGES`` short of it. Raises the
+        error of the smallest transaction."""
         done, size = 0, _MAX_GROUP
         if self.max_page_count is not None:
             reserved = max(1, int(self.max_page_count) - _RESERVED_PAGES)
@@ -960,7 +967,7 @@ class SpoolQueue:
                         self._insert(conn, rows[done:stop])
                         conn.executemany(
                             "INSERT OR REPLACE INTO journals (name, upto) VALUES (?, ?)",
-                            upto(done, stop),
+                            [(j.name, end) for j, end in ends(done, stop).items()],
                         )
                 except sqlite3.Error as exc:
                     full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
@@ -968,7 +975,7 @@ class SpoolQueue:
                         size = max(_MIN_IMPORT, size // 4)
                         continue
                     raise
-                step(done, stop)
+                yield done, stop
                 done = stop
         finally:
             if self.max_page_count is not None:

@@ -281,6 +281,29 @@ def test_a_failing_writer_leaves_a_journaled_event_for_the_next_writer(
     assert _committed_ids(tmp_path / "s") == ["kept-1", "kept-2"]
 
 
+def test_a_failing_writer_releases_a_put_that_waits_for_it_to_catch_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put past ``_MAX_PENDING`` waits for the writer; a writer that fails (a bug) puts the
+    rows back for the next one and releases the put: its event is in the journal."""
+    monkeypatch.setattr(spool_module, "_MAX_PENDING", 1)
+    queue = SpoolQueue(tmp_path / "s")
+    real = SpoolQueue._commit
+
+    def bug(self: SpoolQueue, group: Any) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(SpoolQueue, "_commit", bug)
+    put = threading.Thread(target=queue.put, args=(_event("waited"), None))
+    put.start()
+    put.join(10)
+    assert not put.is_alive(), "the put still waits for a writer that failed"
+    monkeypatch.setattr(SpoolQueue, "_commit", real)
+    queue.put(_event("after"), None)
+    queue.shutdown()
+    assert _committed_ids(tmp_path / "s") == ["waited", "after"]
+
+
 def test_a_full_disk_fails_every_put_of_the_group_with_its_own_id(tmp_path: Path) -> None:
     queue = SpoolQueue(tmp_path / "s", max_page_count=40)
     failures: list[str] = []
